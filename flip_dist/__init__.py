@@ -1,0 +1,1 @@
+"""flip_dist: distributed FLIP."""

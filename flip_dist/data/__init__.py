@@ -1,0 +1,1 @@
+"""Raw readers, vocabulary, text template and the Ray Data preprocessing pipeline."""

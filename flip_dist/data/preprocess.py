@@ -1,0 +1,279 @@
+"""Raw files -> FLIP shards (DESIGN.md's data contract), as Ray work in four stages:
+
+1. parse: Ray tasks turn raw parts (files or line-aligned byte ranges) into staging Parquet;
+2. split: the driver reads only the sort keys and finds the 90% cut (chronological, or seeded);
+3. vocabulary: Ray tasks count train values per staging file; the driver merges the counts;
+4. encode: Ray Data maps staging batches to feature ids, prompts, token ids and field spans and
+   writes the train and test shards.
+Memory per worker is bounded by a staging file / batch, not by the dataset. Everything is built
+in a hidden temporary folder renamed into place at the end, so a failed run leaves nothing that
+looks complete."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flip_dist.config import PreprocessConfig
+from flip_dist.data.bad_rows import BadRows
+from flip_dist.data.readers import get_reader
+from flip_dist.data.readers.base import DatasetSpec
+from flip_dist.data.shards import MANIFEST, shard_files
+from flip_dist.data.template import PromptTokenizer, render, token_spans
+from flip_dist.data.vocab import MASK_ID, PAD_ID, Vocabulary, count_values, oov_id
+from flip_dist.errors import FlipDataError
+from flip_dist.io_atomic import atomic_output_dir, write_json_atomic
+from flip_dist.parallel import run_bounded
+from flip_dist.text_assets import load_tokenizer, resolve_tokenizer
+
+log = logging.getLogger(__name__)
+STAGING = "_staging"
+
+
+@dataclass(frozen=True)
+class SplitCut:
+    """Rows sorting before (order, row_id) are train: the first `train_ratio` of the sort."""
+
+    order: int
+    row_id: int
+
+    def is_train(self, table: pa.Table) -> np.ndarray:
+        o = table["order"].to_numpy()
+        r = table["row_id"].to_numpy()
+        return (o < self.order) | ((o == self.order) & (r < self.row_id))
+
+
+# ---------------------------------------------------------------- stage 1: parse
+def _parse_part(dataset: str, part: Any, context: Any, seed: int, out_dir: str,
+                staging_rows: int) -> tuple[list[str], int, BadRows, dict]:
+    """Parse one raw part into staging files of at most `staging_rows` rows (a file is the unit
+    of work of the later stages, so their parallelism does not depend on how the raw data came)."""
+    reader = get_reader(dataset)
+    res = reader.read_part(part, context, seed)
+    if res.table.schema != reader.staging_schema():
+        raise FlipDataError(f"reader produced schema {res.table.schema}, expected {reader.staging_schema()}",
+                            path=part.path)
+    files = []
+    for j, start in enumerate(range(0, max(res.table.num_rows, 1), staging_rows)):
+        path = str(Path(out_dir) / f"part-{part.index:05d}-{j:04d}.parquet")
+        pq.write_table(res.table.slice(start, staging_rows), path)
+        files.append(path)
+    return files, res.table.num_rows, res.bad, res.stats
+
+
+# ---------------------------------------------------------------- stage 2: split
+def find_cut(files: list[str], train_ratio: float) -> tuple[SplitCut, int, int]:
+    keys = pq.ParquetDataset(files).read(columns=["order", "row_id"])
+    n = keys.num_rows
+    n_train = int(n * train_ratio)
+    if n_train == 0 or n_train == n:
+        raise FlipDataError(f"{n} usable rows are too few to split {train_ratio:.0%}/{1 - train_ratio:.0%}",
+                            path=str(Path(files[0]).parent) if files else None)
+    order, row_id = keys["order"].to_numpy(), keys["row_id"].to_numpy()
+    k = np.lexsort((row_id, order))[n_train]
+    return SplitCut(int(order[k]), int(row_id[k])), n_train, n - n_train
+
+
+# ---------------------------------------------------------------- stage 3: vocabulary
+def _count_train(path: str, fields: tuple[str, ...], cut: SplitCut) -> pa.Table:
+    table = pq.read_table(path)
+    return count_values(table.filter(pa.array(cut.is_train(table))), fields)
+
+
+# ---------------------------------------------------------------- stage 4: encode
+@lru_cache(maxsize=2)
+def _worker_vocab(ref_hex: str, ref: Any) -> Vocabulary:
+    import ray
+
+    return ray.get(ref)
+
+
+def encode_table(table: pa.Table, spec: DatasetSpec, vocab: Vocabulary,
+                 tokenizer: PromptTokenizer) -> pa.Table:
+    """Staging rows -> contract rows: label, feature_ids, input_ids, field_spans (+ row_id,
+    num_truncated_fields)."""
+    feature_ids = vocab.encode(table).astype(np.int32)
+    texts, char_spans = render(table, spec.fields, spec.field_texts)
+    ids, attn, valid, offsets = tokenizer(texts)
+    spans = token_spans(offsets, valid, char_spans).astype(np.int32)
+    n, F = feature_ids.shape
+    lengths = attn.sum(1)
+    # Right padding: the first `length` positions of each row are the real tokens.
+    flat_ids = ids[attn]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    empty = spans[..., 0] == spans[..., 1]
+    return pa.table({
+        "label": table["label"],
+        "feature_ids": pa.FixedSizeListArray.from_arrays(pa.array(feature_ids.reshape(-1)), F),
+        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat_ids)),
+        "field_spans": pa.FixedSizeListArray.from_arrays(pa.array(spans.reshape(-1)), 2 * F),
+        "num_truncated_fields": pa.array(empty.sum(1).astype(np.int8)),
+        "row_id": table["row_id"],
+    })
+
+
+class _EncodeFiles:
+    """Ray Data UDF: staging files (a batch of paths) -> contract rows plus a `split` column,
+    yielded `batch_rows` at a time so memory stays at one tokenizer batch."""
+
+    def __init__(self, dataset: str, cut: SplitCut, vocab_ref: list, tokenizer: PromptTokenizer,
+                 batch_rows: int) -> None:
+        self.spec = get_reader(dataset).spec
+        self.cut, self.vocab_ref = cut, vocab_ref[0]  # in a list: Ray passes it through unresolved
+        self.tokenizer, self.batch_rows = tokenizer, batch_rows
+
+    def __call__(self, paths: pa.Table) -> Iterator[pa.Table]:
+        vocab = _worker_vocab(self.vocab_ref.hex(), self.vocab_ref)
+        for path in paths["path"].to_pylist():
+            for rb in pq.ParquetFile(path).iter_batches(batch_size=self.batch_rows):
+                batch = pa.Table.from_batches([rb])
+                out = encode_table(batch, self.spec, vocab, self.tokenizer)
+                split = np.where(self.cut.is_train(batch), "train", "test")
+                yield out.append_column("split", pa.array(split, pa.string()))
+
+
+def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, vocab_ref: Any,
+                      tokenizer: PromptTokenizer, out: Path) -> None:
+    """One Ray Data pass over the staging files, written Hive-partitioned by split, then the
+    partitions renamed to the contract's train/ and test/."""
+    import ray.data
+
+    # Ray Data reserves half of the CPUs for downstream operators by default, which on a small
+    # node leaves one encode task running; the write step is cheap, so no reservation is needed.
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
+    fn = _EncodeFiles(cfg.dataset, cut, [vocab_ref], tokenizer, cfg.batch_rows)
+    ds = ray.data.from_items([{"path": p} for p in staging], override_num_blocks=len(staging))
+    ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=1,
+                        concurrency=cfg.num_workers, num_cpus=1,
+                        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
+                                                  "RAYON_NUM_THREADS": "1"}})
+    encoded = out / "_encoded"
+    ds.write_parquet(str(encoded), partition_cols=["split"], min_rows_per_file=cfg.rows_per_shard)
+    for split in ("train", "test"):
+        part = encoded / f"split={split}"
+        if part.is_dir():
+            part.rename(out / split)
+        else:
+            (out / split).mkdir()  # an empty split still gets its folder
+    shutil.rmtree(encoded)
+
+
+# ---------------------------------------------------------------- driver
+def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
+    """Run the four stages; return the manifest. Needs a Ray session (flip_dist.ray_runtime)."""
+    import ray
+
+    reader = get_reader(cfg.dataset)
+    spec = reader.spec
+    raw = Path(cfg.raw_dir)
+    if not raw.is_dir():
+        raise FlipDataError("raw data folder does not exist", path=str(raw))
+    tok_path = str(resolve_tokenizer(cfg.tokenizer))
+    tokenizer = load_tokenizer(tok_path)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    with atomic_output_dir(cfg.out_dir, overwrite=cfg.overwrite) as out:
+        staging_dir = out / STAGING
+        staging_dir.mkdir()
+        parts = reader.parts(raw, cfg.part_bytes)
+        context_ref = ray.put(reader.context(raw))
+        results = run_bounded(_parse_part, [(cfg.dataset, p, context_ref, cfg.seed, str(staging_dir),
+                                             cfg.staging_rows) for p in parts],
+                              cfg.num_workers, desc=f"parse {cfg.dataset}")
+        del context_ref
+        bad, stats, n_rows, staging = BadRows(), {}, 0, []
+        for files, rows, part_bad, part_stats in results:
+            staging += files
+            n_rows += rows
+            bad.merge(part_bad)
+            for k, v in part_stats.items():
+                stats[k] = stats.get(k, 0) + v
+        bad.check(n_rows, cfg.max_bad_fraction)
+        timings["parse_s"] = time.perf_counter() - t0
+
+        cut, n_train, n_test = find_cut(staging, cfg.train_ratio)
+        counts = run_bounded(_count_train, [(s, spec.fields, cut) for s in staging],
+                             cfg.num_workers, desc="count train values")
+        vocab = Vocabulary.build(pa.concat_tables(counts), spec.fields, cfg.min_count)
+        vocab.save(out)
+        timings["vocab_s"] = time.perf_counter() - t0 - timings["parse_s"]
+
+        vocab_ref = ray.put(vocab)
+        _encode_and_write(cfg, staging, cut, vocab_ref, PromptTokenizer(tokenizer, cfg.max_length), out)
+        timings["encode_s"] = time.perf_counter() - t0 - timings["parse_s"] - timings["vocab_s"]
+        shutil.rmtree(staging_dir)
+
+        if bad.samples:
+            with open(out / "quarantine.jsonl", "w", encoding="utf-8") as f:
+                for s in bad.samples:
+                    f.write(json.dumps(s) + "\n")
+        manifest = _manifest(cfg, spec, vocab, tokenizer, tok_path, out, cut, stats, bad, n_rows)
+        if (manifest["num_train"], manifest["num_test"]) != (n_train, n_test):
+            raise FlipDataError(f"wrote {manifest['num_train']}/{manifest['num_test']} rows, "
+                                f"expected {n_train}/{n_test}", path=str(out))
+        manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        manifest["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+        write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def _manifest(cfg: PreprocessConfig, spec: DatasetSpec, vocab: Vocabulary, tokenizer: Any,
+              tok_path: str, out: Path, cut: SplitCut, stats: dict, bad: BadRows,
+              n_rows: int) -> dict[str, Any]:
+    split_rows, positives, truncated = {}, {}, {}
+    for split in ("train", "test"):
+        files = shard_files(out, split)
+        t = pq.ParquetDataset(files).read(columns=["label", "num_truncated_fields"]) if files else None
+        split_rows[split] = t.num_rows if t is not None else 0
+        positives[split] = int(np.sum(t["label"].to_numpy())) if t is not None else 0
+        truncated[split] = int(np.sum(t["num_truncated_fields"].to_numpy() > 0)) if t is not None else 0
+    F = len(spec.fields)
+    return {
+        "format_version": 1,
+        "dataset": spec.name,
+        "num_samples": split_rows["train"] + split_rows["test"],
+        "num_train": split_rows["train"],
+        "num_test": split_rows["test"],
+        "num_fields": F,
+        "num_features": vocab.num_features,
+        "fields": list(spec.fields),
+        "field_texts": list(spec.field_texts),
+        "field_offsets": [int(x) for x in vocab.offsets],
+        "special_ids": {"pad": PAD_ID, "mask": MASK_ID, "oov": [oov_id(i) for i in range(F)]},
+        "min_count": cfg.min_count,
+        "tokenizer": tok_path,
+        "tokenizer_name": cfg.tokenizer,
+        "text_vocab_size": len(tokenizer),
+        "text_pad_id": tokenizer.pad_token_id,
+        "text_mask_id": tokenizer.mask_token_id,
+        "max_length": cfg.max_length,
+        "template": "<field> is <value>.  (one sentence per field, joined by spaces)",
+        "label_rule": spec.label_rule,
+        "split": {"rule": spec.split_rule, "train_ratio": cfg.train_ratio, "seed": cfg.seed,
+                  "cut_order": cut.order, "cut_row_id": cut.row_id},
+        "positive_rate": {s: round(positives[s] / max(split_rows[s], 1), 6) for s in split_rows},
+        "rows_with_truncated_fields": truncated,
+        "dropped": stats,
+        "bad_rows": {**bad.summary(), "quarantine": "quarantine.jsonl" if bad.samples else None,
+                     "max_bad_fraction": cfg.max_bad_fraction},
+        "raw_dir": str(Path(cfg.raw_dir).resolve()),
+        "files": {"vocab": "vocab.parquet", "feature_counts": "feature_counts.npy",
+                  "train": "train/", "test": "test/"},
+        "columns": {
+            "label": "int8 0/1",
+            "feature_ids": f"{F} int32 global feature ids, field order",
+            "input_ids": "int32 token ids of the prompt (special tokens included, no padding)",
+            "field_spans": f"{2 * F} int32: [start, end) token span of each field's value; start == end when truncated",
+            "num_truncated_fields": "int8: fields whose value truncation cut",
+            "row_id": "int64: raw part << 40 | row within the part",
+        },
+    }

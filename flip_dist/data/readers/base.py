@@ -1,0 +1,155 @@
+"""The reader interface: raw files in a dataset's distributed format -> staging Arrow tables.
+
+A staging table has `label` (int8), `order` (int64 sort key: timestamp, or a seeded random key
+for datasets without one), `row_id` (int64, unique, breaks ties) and one string column per field.
+Parsing is split into parts so that Ray tasks can read a large raw dataset in parallel.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from flip_dist.data.bad_rows import BadRows
+from flip_dist.errors import FlipDataError
+
+ROW_ID_PART_SHIFT = 40  # row_id = part_index << 40 | row index within the part
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is, independent of how its files are laid out."""
+
+    name: str
+    fields: tuple[str, ...]          # column names, in field order (DESIGN.md's lists)
+    field_texts: tuple[str, ...]     # how the template names each field: "<text> is <value>."
+    label_rule: str
+    split_rule: str
+    has_time: bool
+
+
+@dataclass(frozen=True)
+class RawPart:
+    """One unit of parse work: a file, or a line-aligned byte range of one."""
+
+    index: int
+    path: str
+    start: int = 0
+    end: int = -1                    # -1: to the end of the file
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PartResult:
+    table: pa.Table
+    bad: BadRows
+    stats: dict[str, int]            # named drop counts (e.g. rating == 3, unknown book)
+
+
+class RawReader(ABC):
+    """Reads one dataset's raw files. `context` holds side tables shared by all parts."""
+
+    spec: DatasetSpec
+
+    @abstractmethod
+    def parts(self, raw_dir: Path, target_bytes: int) -> list[RawPart]:
+        """Split the raw input into independent parse units (validates that files exist)."""
+
+    def context(self, raw_dir: Path) -> Any:
+        """Side tables (users, items) every part needs; built once, shipped through the object store."""
+        return None
+
+    @abstractmethod
+    def read_part(self, part: RawPart, context: Any, seed: int) -> PartResult:
+        """Parse one part into a staging table."""
+
+    def staging_schema(self) -> pa.Schema:
+        return pa.schema([("label", pa.int8()), ("order", pa.int64()), ("row_id", pa.int64())]
+                         + [(f, pa.string()) for f in self.spec.fields])
+
+
+def require_file(raw_dir: Path, *names: str) -> Path:
+    """The first of `names` that exists under raw_dir, else an error naming what was looked for."""
+    for name in names:
+        p = Path(raw_dir) / name
+        if p.is_file():
+            if p.stat().st_size == 0:
+                raise FlipDataError("file is empty", path=str(p))
+            return p
+    raise FlipDataError(f"missing raw file: expected one of {list(names)}", path=str(raw_dir))
+
+
+def row_ids(part_index: int, n: int) -> np.ndarray:
+    return (np.int64(part_index) << ROW_ID_PART_SHIFT) + np.arange(n, dtype=np.int64)
+
+
+def seeded_order(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A random but reproducible sort key per row (splitmix64 of row id and seed), for datasets
+    without timestamps: sorting by it and taking the first 90% is a seeded random split."""
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(1)).astype(np.int64)
+
+
+def iter_lines(path: Path, start: int = 0, end: int = -1) -> Iterator[tuple[int, bytes]]:
+    """Raw lines (no line break) of a byte range, each with its 1-based line number when the
+    range starts at 0, else the byte offset of the line (which still locates it)."""
+    with open(path, "rb") as f:
+        if start > 0:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":
+                f.readline()  # the line that straddles `start` belongs to the previous part
+        lineno = 0
+        while True:
+            pos = f.tell()
+            if end >= 0 and pos >= end:
+                break
+            raw = f.readline()
+            if not raw:
+                break
+            lineno += 1
+            yield (lineno if start == 0 else pos), raw.rstrip(b"\r\n")
+
+
+def split_delimited(path: Path, encoding: str, sep: str, ncols: int, bad: BadRows,
+                    skip_header: bool = False, start: int = 0, end: int = -1
+                    ) -> Iterator[tuple[int, list[str]]]:
+    """Rows of a plainly delimited text file with exactly `ncols` columns; others go to `bad`."""
+    for lineno, raw in iter_lines(path, start, end):
+        try:
+            line = raw.decode(encoding)
+        except UnicodeDecodeError as e:
+            bad.add(str(path), lineno, f"undecodable bytes ({e.reason})", repr(raw[:200]))
+            continue
+        if skip_header and lineno == 1 and start == 0:
+            continue
+        if not line.strip():
+            continue
+        cols = line.split(sep)
+        if len(cols) != ncols:
+            bad.add(str(path), lineno, f"expected {ncols} columns, found {len(cols)}", line)
+            continue
+        yield lineno, cols
+
+
+def byte_ranges(path: Path, target_bytes: int) -> list[tuple[int, int]]:
+    size = path.stat().st_size
+    n = max(1, -(-size // max(1, target_bytes)))
+    bounds = [size * i // n for i in range(n + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(n)]
+
+
+def staging_table(spec: DatasetSpec, labels: Sequence[int], order: np.ndarray, ids: np.ndarray,
+                  columns: dict[str, Iterable[str]]) -> pa.Table:
+    arrays = {"label": pa.array(np.asarray(labels, dtype=np.int8)),
+              "order": pa.array(order, type=pa.int64()), "row_id": pa.array(ids, type=pa.int64())}
+    for f in spec.fields:
+        arrays[f] = pa.array(list(columns[f]), type=pa.string())
+    return pa.table(arrays)

@@ -1,0 +1,30 @@
+"""Connect to a Ray cluster, or start a private local one bound to loopback."""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from flip_dist.config import RayConfig
+
+
+@contextmanager
+def ray_session(cfg: RayConfig) -> Iterator[None]:
+    """Use the running Ray (`ray job submit` sets RAY_ADDRESS), else start a local one for the
+    duration: loopback only, no dashboard. Shuts down only what it started."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 _temp_dir=cfg.temp_dir, logging_level=logging.WARNING, log_to_driver=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()

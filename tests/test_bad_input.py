@@ -1,0 +1,108 @@
+"""Bad input through the whole pipeline: clear errors naming the file/row/key, skip-and-count
+with a quarantine file, and never a half-written output folder."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flip_dist.config import PreprocessConfig
+from flip_dist.data.preprocess import preprocess
+from flip_dist.errors import FlipConfigError, FlipDataError
+
+
+def _cfg(raw: Path, out: Path, **kw) -> PreprocessConfig:
+    return PreprocessConfig(dataset="ml-100k", raw_dir=str(raw), out_dir=str(out), max_length=64,
+                            num_workers=2, **kw)
+
+
+@pytest.fixture()
+def raw_copy(ml100k_raw, tmp_path) -> Path:
+    dst = tmp_path / "raw"
+    shutil.copytree(ml100k_raw, dst)
+    return dst
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_few_bad_rows_are_skipped_counted_and_quarantined(raw_copy, tmp_path, ray_local):
+    _append(raw_copy / "ml-100k.inter", "1\t2\n196\tabc\t4\t881250949\n")
+    out = tmp_path / "out"
+    manifest = preprocess(_cfg(raw_copy, out))
+    assert manifest["bad_rows"]["total"] == 2
+    assert manifest["num_samples"] == 72_855
+    q = [json.loads(l) for l in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert [x["line"] for x in q] == [100_002, 100_003]
+    assert "expected 4 columns" in q[0]["reason"] and "not an integer: 'abc'" in q[1]["reason"]
+    assert q[0]["file"].endswith("ml-100k.inter")
+
+
+def test_too_many_bad_rows_fail_naming_file_and_line_and_leave_nothing(raw_copy, tmp_path, ray_local):
+    _append(raw_copy / "ml-100k.inter", "broken\n" * 2000)
+    out = tmp_path / "out"
+    with pytest.raises(FlipDataError, match=r"ml-100k\.inter: line 100002: .*2000 of 74855 rows are malformed"):
+        preprocess(_cfg(raw_copy, out))
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_rerun_keeps_the_previous_complete_output(raw_copy, tmp_path, ray_local, ml100k_processed):
+    out = tmp_path / "out"
+    shutil.copytree(ml100k_processed, out)
+    before = (out / "manifest.json").read_text()
+    (raw_copy / "ml-100k.user").write_text("user_id:token\tage:token\n")  # header lacks columns
+    with pytest.raises(FlipDataError, match="key 'gender'"):
+        preprocess(_cfg(raw_copy, out, overwrite=True))
+    assert (out / "manifest.json").read_text() == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_existing_output_is_not_replaced_without_overwrite(ml100k_raw, tmp_path, ray_local):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    with pytest.raises(FileExistsError, match="already exists"):
+        preprocess(_cfg(ml100k_raw, out))
+    assert (out / "keep").read_text() == "x"
+
+
+def test_missing_and_empty_raw_files(raw_copy, tmp_path, ray_local):
+    (raw_copy / "ml-100k.item").unlink()
+    with pytest.raises(FlipDataError, match=r"missing raw file: expected one of \['ml-100k.item'\]"):
+        preprocess(_cfg(raw_copy, tmp_path / "out"))
+    (raw_copy / "ml-100k.item").write_text("")
+    with pytest.raises(FlipDataError, match=r"ml-100k\.item: file is empty"):
+        preprocess(_cfg(raw_copy, tmp_path / "out"))
+    with pytest.raises(FlipDataError, match="raw data folder does not exist"):
+        preprocess(_cfg(tmp_path / "nowhere", tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_tokenizer_path_is_a_config_error(ml100k_raw, tmp_path):
+    with pytest.raises(FlipConfigError, match="no/such/tokenizer"):
+        preprocess(_cfg(ml100k_raw, tmp_path / "out", tokenizer=str(tmp_path / "no/such/tokenizer")))
+    empty = tmp_path / "empty_tok"
+    empty.mkdir()
+    with pytest.raises(FlipConfigError, match="could not be loaded"):
+        preprocess(_cfg(ml100k_raw, tmp_path / "out", tokenizer=str(empty)))
+
+
+def test_undecodable_bytes_are_bad_rows(tmp_path):
+    from flip_dist.data.bad_rows import BadRows
+    from flip_dist.data.readers.base import split_delimited
+
+    p = tmp_path / "x.tsv"
+    p.write_bytes(b"a\tb\n\xff\xfe\tc\nd\te\n")
+    bad = BadRows()
+    rows = list(split_delimited(p, "utf-8", "\t", 2, bad))
+    assert [r for _, r in rows] == [["a", "b"], ["d", "e"]]
+    assert bad.total == 1 and "undecodable" in bad.samples[0]["reason"]
