@@ -40,9 +40,9 @@ class PreprocessConfig:
     seed: int = 42                     # split seed for datasets without timestamps
     num_workers: int = 2               # Ray tasks that parse / count / encode at once
     part_bytes: int = 64 << 20         # raw bytes per parse task (line-aligned ranges)
-    staging_rows: int = 50_000         # rows per staging file: the unit of work after parsing
+    staging_rows: int = 100_000        # rows per staging file: the unit of work after parsing,
+                                       # and so about the rows per output shard (train and test)
     batch_rows: int = 4096             # rows per tokenizer batch
-    rows_per_shard: int = 250_000      # target rows per output Parquet file
     max_bad_fraction: float = 0.01     # more malformed rows than this fails the run
     overwrite: bool = False
 
@@ -55,15 +55,106 @@ class PreprocessConfig:
         _check(self.part_bytes >= 1 << 10, "preprocess.part_bytes", "must be >= 1024")
         _check(self.batch_rows >= 1, "preprocess.batch_rows", "must be >= 1")
         _check(self.staging_rows >= 1, "preprocess.staging_rows", "must be >= 1")
-        _check(self.rows_per_shard >= 1, "preprocess.rows_per_shard", "must be >= 1")
         _check(0.0 <= self.max_bad_fraction <= 1.0, "preprocess.max_bad_fraction", "must be in [0, 1]")
 
 
 @dataclass
+class ModelConfig:
+    id_model: str = "dcnv2"            # see flip_dist.models.id_models.ID_MODELS
+    id_params: dict = field(default_factory=dict)   # hyper-parameters passed to the ID model
+    embed_dim: int = 32                # D (paper V-A4)
+    plm: str = "minilm"                # minilm | tinybert | roberta-base | roberta-large | a folder
+    plm_path: Optional[str] = None     # local weights for a named PLM (else random weights)
+    plm_layers: int = 0                # > 0: keep only the first layers (quick CPU runs)
+    trust_remote_code: bool = False
+    nce_dim: int = 32                  # NCE output rows [o_j (nce_dim - 1), b_j]
+    mtm_hidden: int = 256              # hidden size of each g_ID^(f)
+    nce_bias_init: str = "log_q"       # log_q (starts at the noise prior) | map (authors' code)
+    icl_dim: int = 128                 # d (paper IV-C5)
+    icl_norm: str = "l2"               # l2 (cosine) | layernorm (official code)
+
+    def validate(self) -> None:
+        from flip_dist.models.id_models import ID_MODELS
+
+        _check(self.id_model in ID_MODELS, "model.id_model", f"must be one of {sorted(ID_MODELS)}")
+        _check(self.embed_dim >= 1, "model.embed_dim", "must be >= 1")
+        _check(self.plm_layers >= 0, "model.plm_layers", "must be >= 0 (0 = all)")
+        _check(self.nce_dim >= 2, "model.nce_dim", "must be >= 2")
+        _check(self.icl_norm in ("l2", "layernorm"), "model.icl_norm", "must be l2 or layernorm")
+        _check(self.nce_bias_init in ("log_q", "map"), "model.nce_bias_init", "must be log_q or map")
+        _check(self.icl_dim >= 1 and self.mtm_hidden >= 1, "model.icl_dim/mtm_hidden", "must be >= 1")
+
+
+@dataclass
+class PretrainConfig:
+    objectives: str = "full"           # a Table VII variant: see flip_dist.models.flip.ABLATIONS
+    r_text: float = 0.15               # text mask ratio (fields, or tokens when not field-level)
+    r_tab: float = 0.15                # tabular mask ratio
+    num_noise: int = 25                # K (Eq. 10)
+    tau: float = 0.7                   # ICL temperature (Eq. 11-12)
+    batch_size: int = 256
+    epochs: int = 1
+    max_steps: int = 0                 # > 0: stop after this many steps
+    lr: float = 5e-5                   # dense side, AdamW, cosine decay (paper V-A4)
+    embed_lr: float = 1e-3             # sparse side (feature and NCE tables)
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    out_dir: str = "runs/pretrain"
+
+    def validate(self) -> None:
+        from flip_dist.models.flip import ABLATIONS
+
+        _check(self.objectives in ABLATIONS, "pretrain.objectives", f"must be one of {sorted(ABLATIONS)}")
+        for key in ("r_text", "r_tab"):
+            _check(0.0 < getattr(self, key) <= 1.0, f"pretrain.{key}", "must be in (0, 1]")
+        _check(self.num_noise >= 1, "pretrain.num_noise", "must be >= 1")
+        _check(self.tau > 0, "pretrain.tau", "must be > 0")
+        _common_train_checks(self, "pretrain")
+
+
+@dataclass
+class FinetuneConfig:
+    mode: str = "flip"                 # flip | flip_id | flip_plm
+    init: Optional[str] = None         # a pretraining checkpoint folder; None = from scratch
+    batch_size: int = 256
+    epochs: int = 1
+    max_steps: int = 0
+    lr: float = 5e-5                   # dense side (paper: Adam, picked from 1e-5..5e-3)
+    embed_lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    grad_clip: float = 1.0
+    eval_batch_size: int = 1024
+    eval_rows: int = 0                 # > 0: evaluate on the first rows of test only (quick checks)
+    seed: int = 0
+    out_dir: str = "runs/finetune"
+
+    def validate(self) -> None:
+        _check(self.mode in ("flip", "flip_id", "flip_plm"), "finetune.mode", "must be flip, flip_id or flip_plm")
+        _check(self.eval_batch_size >= 1, "finetune.eval_batch_size", "must be >= 1")
+        _check(self.eval_rows >= 0, "finetune.eval_rows", "must be >= 0 (0 = all)")
+        _common_train_checks(self, "finetune")
+
+
+def _common_train_checks(cfg: Any, section: str) -> None:
+    _check(cfg.batch_size >= 1, f"{section}.batch_size", "must be >= 1")
+    _check(cfg.epochs >= 1, f"{section}.epochs", "must be >= 1")
+    _check(cfg.max_steps >= 0, f"{section}.max_steps", "must be >= 0")
+    _check(cfg.lr > 0 and cfg.embed_lr > 0, f"{section}.lr/embed_lr", "must be > 0")
+    _check(0.0 <= cfg.warmup_ratio < 1.0, f"{section}.warmup_ratio", "must be in [0, 1)")
+    _check(cfg.grad_clip >= 0, f"{section}.grad_clip", "must be >= 0 (0 = off)")
+
+
+@dataclass
 class FlipConfig:
-    """The whole experiment. Sections grow with the pretrain/finetune/runtime issues."""
+    """The whole experiment: one section per stage (runtime sections come with issue 4)."""
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> "FlipConfig":
@@ -105,6 +196,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise FlipConfigError(f"config key {key!r}: expected a number, got {value!r}") from None
+    if tp is dict or typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise FlipConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return value
     if tp is str:
         if not isinstance(value, (str, int, float)):
             raise FlipConfigError(f"config key {key!r}: expected a string, got {value!r}")

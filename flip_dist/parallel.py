@@ -5,13 +5,18 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+# One runtime env for every CPU task of a job, so that Ray reuses the same warm worker processes
+# across stages (a different env means new processes, each paying seconds of imports). The
+# tokenizer must not spawn its own threads inside a worker that holds one CPU.
+WORKER_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}}
+
 
 def run_bounded(fn: Callable[..., Any], arg_list: Sequence[tuple], limit: int, desc: str,
                 num_cpus: float = 1) -> list[Any]:
     """Results in argument order. Bounded in-flight tasks keep memory flat however many parts."""
     import ray
 
-    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+    remote = ray.remote(num_cpus=num_cpus, max_retries=0, runtime_env=WORKER_ENV)(fn)
     results: list[Any] = [None] * len(arg_list)
     pending: dict[Any, int] = {}
     todo = list(enumerate(arg_list))[::-1]

@@ -1,79 +1,94 @@
-"""Prompt rendering and field spans, exact after truncation, for WordPiece and byte-level BPE."""
+"""Prompt rendering, piecewise tokenization and field spans, exact after truncation, for
+WordPiece (MiniLM) and byte-level BPE (RoBERTa)."""
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from flip_dist.data.template import PromptTokenizer, render, token_spans
+from flip_dist.data.template import PromptTokenizer, ragged_arange, render
+
+TRICKY = pa.table({
+    "title": ["Misérables, Les (1995)", "St.", "Children's, Comedy", "3.5 out of 5!", "東京物語 (1953)",
+              "  spaced   out ", "a" * 300, "The Word \"Desire\""],
+    "genre": ["Drama", "ünïcode", "x", "Sci-Fi/Fantasy", "emoji 🙂 ok", "?", "b", "c"],
+})
 
 
-def _encode(tokenizer, table, fields, texts, max_length):
-    rendered, char_spans = render(table, fields, texts)
-    ids, attn, valid, offsets = PromptTokenizer(tokenizer, max_length)(rendered)
-    return rendered, char_spans, ids, attn, token_spans(offsets, valid, char_spans)
+def _rows(enc):
+    return [list(x) for x in enc.input_ids.to_pylist()]
 
 
-def test_render_builds_the_template_and_char_spans():
+def test_render_builds_the_template():
     t = pa.table({"a": ["Toy Story (1995)", "x"], "b": ["ünïcode", "female"]})
-    texts, spans = render(t, ["a", "b"], ["title", "gender"])
-    assert texts == ["title is Toy Story (1995). gender is ünïcode.", "title is x. gender is female."]
-    for text, row, values in zip(texts, spans, [["Toy Story (1995)", "ünïcode"], ["x", "female"]]):
-        assert [text[s:e] for s, e in row] == values
+    assert render(t, ["a", "b"], ["title", "gender"]) == [
+        "title is Toy Story (1995). gender is ünïcode.", "title is x. gender is female."]
 
 
-@pytest.mark.parametrize("max_length", [512, 48, 24, 12])
-def test_minilm_spans_on_real_rows_exact_or_empty(ml100k_staging, minilm, max_length):
-    reader, res = ml100k_staging
-    table = res.table.slice(0, 400)
-    _, char_spans, ids, attn, spans = _encode(minilm, table, reader.spec.fields, reader.spec.field_texts, max_length)
-    assert ids.shape[1] <= max_length
+def test_ragged_arange():
+    assert ragged_arange(np.array([2, 0, 3])).tolist() == [0, 1, 0, 1, 2]
+
+
+@pytest.mark.parametrize("source", ["ml100k", "tricky"])
+def test_minilm_piecewise_equals_whole_sentence_tokenization(source, ml100k_staging, minilm):
+    if source == "ml100k":
+        reader, res = ml100k_staging
+        table, fields, texts = res.table.slice(0, 2000), reader.spec.fields, reader.spec.field_texts
+    else:
+        table, fields, texts = TRICKY, ["title", "genre"], ["title", "genre"]
+    enc = PromptTokenizer(minilm, texts, 512)(table, fields)
+    want = minilm(render(table, fields, texts), truncation=True, max_length=512)["input_ids"]
+    assert _rows(enc) == want
     rows = table.to_pylist()
+    for r, ids in enumerate(_rows(enc)):
+        for k, f in enumerate(fields):
+            s, e = enc.spans[r, k]
+            assert ids[s:e] == minilm(rows[r][f], add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("max_length", [48, 24, 12, 3])
+def test_truncation_gives_exact_or_empty_spans(ml100k_staging, minilm, max_length):
+    reader, res = ml100k_staging
+    table = res.table.slice(0, 500)
+    full = PromptTokenizer(minilm, reader.spec.field_texts, 512)(table, reader.spec.fields)
+    enc = PromptTokenizer(minilm, reader.spec.field_texts, max_length)(table, reader.spec.fields)
+    want = minilm(render(table, reader.spec.fields, reader.spec.field_texts), truncation=True,
+                  max_length=max_length)["input_ids"]
+    assert _rows(enc) == want, "same ids as the tokenizer's own truncation"
     n_empty = 0
-    for r in range(len(rows)):
-        full = minilm(
-            " ".join(f"{t} is {rows[r][f]}." for f, t in zip(reader.spec.fields, reader.spec.field_texts)),
-            add_special_tokens=False)["input_ids"]
-        kept = int(attn[r].sum()) - 2  # minus [CLS] and [SEP]
-        for k, f in enumerate(reader.spec.fields):
-            s, e = spans[r, k]
-            want = minilm(rows[r][f], add_special_tokens=False)["input_ids"]
+    for r, (ids, ids_full) in enumerate(zip(_rows(enc), _rows(full))):
+        assert len(ids) <= max_length and ids[-1] == minilm.sep_token_id
+        for k in range(len(reader.spec.fields)):
+            s, e = enc.spans[r, k]
+            fs, fe = full.spans[r, k]
             if s == e:
                 n_empty += 1
-                # Empty only when truncation cut the value: its tokens do not all fit.
-                assert kept < len(full)
-                continue
-            assert list(ids[r, s:e]) == want, (f, rows[r][f])
-    if max_length == 512:
-        assert n_empty == 0
-    if max_length == 12:
-        assert n_empty > 0
+                assert fe > len(ids) - 1, "empty only when the value did not fit"
+            else:
+                assert (s, e) == (fs, fe) and ids[s:e] == ids_full[fs:fe]
+    assert n_empty > 0
+    np.testing.assert_array_equal(enc.num_truncated, (enc.spans[..., 0] == enc.spans[..., 1]).sum(1))
 
 
-def test_roberta_bpe_spans_cover_the_value(ml100k_staging, roberta_bpe):
+def test_roberta_bpe_spans_are_exactly_the_values(ml100k_staging, roberta_bpe):
     reader, res = ml100k_staging
-    table = res.table.slice(0, 300)
-    _, _, ids, attn, spans = _encode(roberta_bpe, table, reader.spec.fields, reader.spec.field_texts, 256)
-    assert ids[0, 0] == roberta_bpe.bos_token_id == 0
-    assert roberta_bpe.pad_token_id == 1 and ids[~attn].tolist() == [1] * int((~attn).sum())
-    for r, row in enumerate(table.to_pylist()):
-        for k, f in enumerate(reader.spec.fields):
-            s, e = spans[r, k]
-            decoded = roberta_bpe.decode(ids[r, s:e].tolist()).strip()
-            # Byte-level BPE may fuse the template's closing "." onto a value ending in ")".
-            assert decoded in (row[f], row[f] + "."), (f, row[f], decoded)
+    tables = [(res.table.slice(0, 1000), reader.spec.fields, reader.spec.field_texts),
+              (TRICKY, ["title", "genre"], ["title", "genre"])]
+    for table, fields, texts in tables:
+        enc = PromptTokenizer(roberta_bpe, texts, 512)(table, fields)
+        sentences = render(table, fields, texts)
+        for r, (ids, row) in enumerate(zip(_rows(enc), table.to_pylist())):
+            assert ids[0] == roberta_bpe.bos_token_id == 0 and ids[-1] == roberta_bpe.eos_token_id == 2
+            assert roberta_bpe.decode(ids[1:-1]) == sentences[r], "byte-level BPE is lossless"
+            for k, f in enumerate(fields):
+                s, e = enc.spans[r, k]
+                assert roberta_bpe.decode(ids[s:e]) == " " + row[f]
 
 
 def test_partly_truncated_value_gets_an_empty_span(minilm):
     t = pa.table({"a": ["one"], "b": ["alpha beta gamma delta epsilon"]})
-    # "[CLS] a is one . b is alpha beta gamma ..." : cut inside b's value.
-    _, _, ids, _, spans = _encode(minilm, t, ["a", "b"], ["a", "b"], 9)
-    assert spans[0, 0].tolist() == [3, 4]
-    assert spans[0, 1, 0] == spans[0, 1, 1]
-
-
-def test_token_spans_ignore_special_and_padding_tokens():
-    offsets = np.array([[[0, 0], [0, 3], [4, 6], [0, 0], [0, 0]]])
-    valid = np.array([[False, True, True, False, False]])
-    spans = token_spans(offsets, valid, np.array([[[0, 3], [4, 6]]]))
-    assert spans.tolist() == [[[1, 2], [2, 3]]]
+    # [CLS] a is one . b is alpha beta gamma | cut | ... -> b's value is only partly there.
+    enc = PromptTokenizer(minilm, ["a", "b"], 9)(t, ["a", "b"])
+    assert enc.spans[0, 0].tolist() == [3, 4]
+    assert enc.spans[0, 1].tolist() == [0, 0]
+    assert enc.num_truncated.tolist() == [1]

@@ -27,12 +27,12 @@ from flip_dist.config import PreprocessConfig
 from flip_dist.data.bad_rows import BadRows
 from flip_dist.data.readers import get_reader
 from flip_dist.data.readers.base import DatasetSpec
-from flip_dist.data.shards import MANIFEST, shard_files
-from flip_dist.data.template import PromptTokenizer, render, token_spans
+from flip_dist.data.shards import MANIFEST, split_summary
+from flip_dist.data.template import PromptTokenizer
 from flip_dist.data.vocab import MASK_ID, PAD_ID, Vocabulary, count_values, oov_id
 from flip_dist.errors import FlipDataError
 from flip_dist.io_atomic import atomic_output_dir, write_json_atomic
-from flip_dist.parallel import run_bounded
+from flip_dist.parallel import WORKER_ENV, run_bounded
 from flip_dist.text_assets import load_tokenizer, resolve_tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,19 +55,23 @@ class SplitCut:
 # ---------------------------------------------------------------- stage 1: parse
 def _parse_part(dataset: str, part: Any, context: Any, seed: int, out_dir: str,
                 staging_rows: int) -> tuple[list[str], int, BadRows, dict]:
-    """Parse one raw part into staging files of at most `staging_rows` rows (a file is the unit
-    of work of the later stages, so their parallelism does not depend on how the raw data came)."""
+    """Parse one raw part into staging files of about `staging_rows` rows: a file is the unit of
+    work of the later stages, so their parallelism does not depend on how the raw data came,
+    and a part is streamed, so a huge one (a .gz file) never sits in memory whole."""
     reader = get_reader(dataset)
-    res = reader.read_part(part, context, seed)
-    if res.table.schema != reader.staging_schema():
-        raise FlipDataError(f"reader produced schema {res.table.schema}, expected {reader.staging_schema()}",
-                            path=part.path)
-    files = []
-    for j, start in enumerate(range(0, max(res.table.num_rows, 1), staging_rows)):
+    schema = reader.staging_schema()
+    files, n, bad, stats = [], 0, BadRows(), {}
+    for j, res in enumerate(reader.iter_part(part, context, seed, staging_rows)):
+        if res.table.schema != schema:
+            raise FlipDataError(f"reader produced schema {res.table.schema}, expected {schema}", path=part.path)
         path = str(Path(out_dir) / f"part-{part.index:05d}-{j:04d}.parquet")
-        pq.write_table(res.table.slice(start, staging_rows), path)
+        pq.write_table(res.table, path)
         files.append(path)
-    return files, res.table.num_rows, res.bad, res.stats
+        n += res.table.num_rows
+        bad.merge(res.bad)
+        for k, v in res.stats.items():
+            stats[k] = stats.get(k, 0) + v
+    return files, n, bad, stats
 
 
 # ---------------------------------------------------------------- stage 2: split
@@ -102,21 +106,14 @@ def encode_table(table: pa.Table, spec: DatasetSpec, vocab: Vocabulary,
     """Staging rows -> contract rows: label, feature_ids, input_ids, field_spans (+ row_id,
     num_truncated_fields)."""
     feature_ids = vocab.encode(table).astype(np.int32)
-    texts, char_spans = render(table, spec.fields, spec.field_texts)
-    ids, attn, valid, offsets = tokenizer(texts)
-    spans = token_spans(offsets, valid, char_spans).astype(np.int32)
-    n, F = feature_ids.shape
-    lengths = attn.sum(1)
-    # Right padding: the first `length` positions of each row are the real tokens.
-    flat_ids = ids[attn]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    empty = spans[..., 0] == spans[..., 1]
+    prompts = tokenizer(table, spec.fields)
+    F = len(spec.fields)
     return pa.table({
         "label": table["label"],
         "feature_ids": pa.FixedSizeListArray.from_arrays(pa.array(feature_ids.reshape(-1)), F),
-        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat_ids)),
-        "field_spans": pa.FixedSizeListArray.from_arrays(pa.array(spans.reshape(-1)), 2 * F),
-        "num_truncated_fields": pa.array(empty.sum(1).astype(np.int8)),
+        "input_ids": prompts.input_ids,
+        "field_spans": pa.FixedSizeListArray.from_arrays(pa.array(prompts.spans.reshape(-1)), 2 * F),
+        "num_truncated_fields": pa.array(prompts.num_truncated.astype(np.int8)),
         "row_id": table["row_id"],
     })
 
@@ -151,13 +148,16 @@ def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, 
     # node leaves one encode task running; the write step is cheap, so no reservation is needed.
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     fn = _EncodeFiles(cfg.dataset, cut, [vocab_ref], tokenizer, cfg.batch_rows)
+    # One task per staging file does encode and write (Ray Data fuses the two when their compute
+    # and remote args match): a worker is then one CPU of work end to end, and N workers scale.
+    remote = {"num_cpus": 1, "runtime_env": WORKER_ENV}
     ds = ray.data.from_items([{"path": p} for p in staging], override_num_blocks=len(staging))
-    ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=1,
-                        concurrency=cfg.num_workers, num_cpus=1,
-                        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
-                                                  "RAYON_NUM_THREADS": "1"}})
+    ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=1, concurrency=cfg.num_workers, **remote)
     encoded = out / "_encoded"
-    ds.write_parquet(str(encoded), partition_cols=["split"], min_rows_per_file=cfg.rows_per_shard)
+    # No min_rows_per_file: Ray Data would bundle that many *input* rows (file paths) into one
+    # task. A task writes each staging file's rows as one shard per split.
+    ds.write_parquet(str(encoded), partition_cols=["split"], concurrency=cfg.num_workers,
+                     ray_remote_args=remote)
     for split in ("train", "test"):
         part = encoded / f"split={split}"
         if part.is_dir():
@@ -208,7 +208,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         timings["vocab_s"] = time.perf_counter() - t0 - timings["parse_s"]
 
         vocab_ref = ray.put(vocab)
-        _encode_and_write(cfg, staging, cut, vocab_ref, PromptTokenizer(tokenizer, cfg.max_length), out)
+        _encode_and_write(cfg, staging, cut, vocab_ref, PromptTokenizer(tokenizer, spec.field_texts, cfg.max_length), out)
         timings["encode_s"] = time.perf_counter() - t0 - timings["parse_s"] - timings["vocab_s"]
         shutil.rmtree(staging_dir)
 
@@ -229,13 +229,10 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
 def _manifest(cfg: PreprocessConfig, spec: DatasetSpec, vocab: Vocabulary, tokenizer: Any,
               tok_path: str, out: Path, cut: SplitCut, stats: dict, bad: BadRows,
               n_rows: int) -> dict[str, Any]:
-    split_rows, positives, truncated = {}, {}, {}
-    for split in ("train", "test"):
-        files = shard_files(out, split)
-        t = pq.ParquetDataset(files).read(columns=["label", "num_truncated_fields"]) if files else None
-        split_rows[split] = t.num_rows if t is not None else 0
-        positives[split] = int(np.sum(t["label"].to_numpy())) if t is not None else 0
-        truncated[split] = int(np.sum(t["num_truncated_fields"].to_numpy() > 0)) if t is not None else 0
+    summary = split_summary(out)
+    split_rows = {s: v["rows"] for s, v in summary.items()}
+    positives = {s: v["positives"] for s, v in summary.items()}
+    truncated = {s: v["truncated"] for s, v in summary.items()}
     F = len(spec.fields)
     return {
         "format_version": 1,

@@ -28,3 +28,74 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         if key not in manifest:
             raise FlipDataError("manifest lacks a required key", path=str(path), key=key)
     return manifest
+
+
+def split_summary(folder: str | Path) -> dict[str, dict[str, int]]:
+    """Rows, positives and rows with truncated fields per split, read from the shards' small columns."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    out = {}
+    for split in ("train", "test"):
+        files = shard_files(folder, split)
+        rows = positives = truncated = 0
+        for f in files:
+            t = pq.read_table(f, columns=["label", "num_truncated_fields"])
+            rows += t.num_rows
+            positives += int(np.sum(t["label"].to_numpy()))
+            truncated += int(np.sum(t["num_truncated_fields"].to_numpy() > 0))
+        out[split] = {"rows": rows, "positives": positives, "truncated": truncated}
+    return out
+
+
+def validate_dataset(folder: str | Path, max_rows_per_shard: int | None = None) -> dict[str, Any]:
+    """Check a processed folder against the data contract (DESIGN.md); raise FlipDataError naming
+    the shard and row at fault. Returns the manifest. Reads every shard (or its first rows)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(folder)
+    F, M = manifest["num_fields"], manifest["num_features"]
+    offsets = np.asarray(manifest.get("field_offsets", []), dtype=np.int64)
+    if len(manifest["fields"]) != F:
+        raise FlipDataError(f"{len(manifest['fields'])} field names for num_fields={F}", key="fields")
+    want = {"label": pa.int8(), "feature_ids": pa.list_(pa.int32(), F), "input_ids": pa.list_(pa.int32()),
+            "field_spans": pa.list_(pa.int32(), 2 * F)}
+    counts = {}
+    for split in ("train", "test"):
+        n = 0
+        for path in shard_files(folder, split):
+            pf = pq.ParquetFile(path)
+            for key, tp in want.items():
+                if key not in pf.schema_arrow.names or pf.schema_arrow.field(key).type != tp:
+                    raise FlipDataError(f"column must be {tp}", path=path, key=key)
+            n += pf.metadata.num_rows
+            t = pf.read(columns=list(want)) if max_rows_per_shard is None else \
+                pa.Table.from_batches([next(pf.iter_batches(batch_size=max_rows_per_shard, columns=list(want)))])
+            fids = t["feature_ids"].combine_chunks().flatten().to_numpy().reshape(-1, F)
+            spans = t["field_spans"].combine_chunks().flatten().to_numpy().reshape(-1, F, 2)
+            lengths = t["input_ids"].combine_chunks().value_lengths().to_numpy()
+            labels = t["label"].to_numpy()
+            bad = np.flatnonzero((labels != 0) & (labels != 1))
+            if len(bad):
+                raise FlipDataError(f"label {labels[bad[0]]} is not 0/1", path=path, row=int(bad[0]))
+            bad = np.flatnonzero((fids < 0).any(1) | (fids >= M).any(1))
+            if len(bad):
+                raise FlipDataError(f"feature id outside [0, {M})", path=path, row=int(bad[0]))
+            if len(offsets) == F + 1:
+                own = (fids >= offsets[:-1]) & (fids < offsets[1:])
+                oov = fids == (2 + np.arange(F))
+                bad = np.flatnonzero(~(own | oov).all(1))
+                if len(bad):
+                    raise FlipDataError("feature id outside its field's block", path=path, row=int(bad[0]))
+            s, e = spans[..., 0], spans[..., 1]
+            bad = np.flatnonzero(((s > e) | (s < 0) | (e > lengths[:, None])).any(1))
+            if len(bad):
+                raise FlipDataError("field span outside the token sequence", path=path, row=int(bad[0]))
+        counts[split] = n
+    for split in ("train", "test"):
+        if counts[split] != manifest[f"num_{split}"]:
+            raise FlipDataError(f"{counts[split]} rows in {split}/ but manifest says {manifest[f'num_{split}']}",
+                                path=str(folder), key=f"num_{split}")
+    return manifest

@@ -1,73 +1,143 @@
-"""Modality transformation (paper Eq. 2): x_text = [m_f is v_f.] over fields, and the token span
-of every value, computed from the tokenizer's character offsets so that it stays exact after
-truncation: a value that truncation cut (even partly) gets an empty span, never a wrong one."""
+"""Modality transformation (paper Eq. 3): x_text = [m_f is v_f.] over the fields, tokenized, with
+the token span of every value.
+
+The prompt is tokenized piece by piece: [CLS] + for each field (tokens of "<m_f> is", tokens of
+" <v_f>", tokens of ".") + [SEP]. For WordPiece (BERT, MiniLM, TinyBERT) this is exactly the
+tokenization of the whole sentence, since its pre-tokenizer splits at spaces and punctuation.
+For byte-level BPE (RoBERTa) it differs only where a value ending in punctuation would fuse
+with the closing "." (")." becomes ")" "."), which keeps every value's tokens its own. Either
+way the spans are exact by construction, and a batch tokenizes each distinct value once rather
+than every row's whole sentence. A value that truncation cut, even partly, gets an empty span.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flip_dist.errors import FlipConfigError
 
-def render(table: pa.Table, fields: Sequence[str], field_texts: Sequence[str]
-           ) -> tuple[list[str], np.ndarray]:
-    """Texts "<field> is <value>. <field> is <value>. ..." and each value's [start, end) in
-    characters, shape (rows, F, 2). Built column-wise with Arrow kernels, not a per-row loop."""
+
+def render(table: pa.Table, fields: Sequence[str], field_texts: Sequence[str]) -> list[str]:
+    """The prompt sentences as text (for reading and for tests; encoding does not need them)."""
     pieces: list[pa.Array | str] = []
-    char_spans = np.empty((table.num_rows, len(fields), 2), dtype=np.int64)
-    pos = np.zeros(table.num_rows, dtype=np.int64)
     for i, (f, t) in enumerate(zip(fields, field_texts)):
-        prefix = f"{t} is " if i == 0 else f" {t} is "
-        value = table[f].combine_chunks() if isinstance(table[f], pa.ChunkedArray) else table[f]
-        pos += len(prefix)
-        length = pc.utf8_length(value).to_numpy(zero_copy_only=False).astype(np.int64)
-        char_spans[:, i, 0] = pos
-        char_spans[:, i, 1] = pos + length
-        pos += length + 1  # the closing "."
-        pieces += [prefix, value, "."]
-    texts = pc.binary_join_element_wise(*pieces, "")
-    return texts.to_pylist(), char_spans
+        pieces += [("" if i == 0 else " ") + f"{t} is ", table[f].combine_chunks(), "."]
+    return pc.binary_join_element_wise(*pieces, "").to_pylist()
 
 
-def token_spans(offsets: np.ndarray, valid: np.ndarray, char_spans: np.ndarray) -> np.ndarray:
-    """Map character spans to token spans, shape (rows, F, 2).
+def ragged_arange(lengths: np.ndarray) -> np.ndarray:
+    """Concatenated aranges: [0..l0), [0..l1), ... without a Python loop."""
+    total = int(lengths.sum())
+    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
-    offsets: (rows, L, 2) character offsets per token; valid: (rows, L) True for real (non-special,
-    non-padding) tokens. A token belongs to a value when their character ranges overlap. A value is
-    kept only if truncation kept all of its characters; otherwise its span is empty (0, 0).
-    """
-    tok_s, tok_e = offsets[..., 0][:, None, :], offsets[..., 1][:, None, :]   # (B, 1, L)
-    cs, ce = char_spans[..., 0][..., None], char_spans[..., 1][..., None]      # (B, F, 1)
-    inside = valid[:, None, :] & (tok_s < ce) & (tok_e > cs)                   # (B, F, L)
-    any_tok = inside.any(-1)
-    L = offsets.shape[1]
-    start = np.where(any_tok, inside.argmax(-1), 0)
-    end = np.where(any_tok, L - inside[..., ::-1].argmax(-1), 0)
-    kept_chars = np.where(valid, offsets[..., 1], 0).max(-1)                   # (B,)
-    whole = any_tok & (kept_chars[:, None] >= char_spans[..., 1])
-    return np.stack([np.where(whole, start, 0), np.where(whole, end, 0)], -1)
+
+@dataclass
+class EncodedPrompts:
+    input_ids: pa.ListArray      # per row, special tokens included, no padding
+    spans: np.ndarray            # (B, F, 2) int32 [start, end) of each value; (0, 0) if truncated
+
+    @property
+    def num_truncated(self) -> np.ndarray:
+        return (self.spans[..., 0] == self.spans[..., 1]).sum(1)
 
 
 class PromptTokenizer:
-    """Batch tokenization straight on the Rust tokenizer (a private copy configured for truncation
-    and pad-to-longest): half the cost of the transformers wrapper's per-row conversions, and
-    picklable, so Ray workers never import transformers."""
+    """Picklable (Ray workers never import transformers); holds a private copy of the Rust
+    tokenizer and the token ids of the constant template pieces."""
 
-    def __init__(self, hf_tokenizer, max_length: int) -> None:
+    def __init__(self, hf_tokenizer, field_texts: Sequence[str], max_length: int,
+                 cache_size: int = 200_000) -> None:
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
-        self.tokenizer.enable_truncation(max_length)
-        self.tokenizer.enable_padding(pad_id=hf_tokenizer.pad_token_id, pad_token=hf_tokenizer.pad_token)
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
         self.max_length = max_length
+        # Value -> token ids, per field: Zipf-distributed values repeat across batches, and a dict
+        # hit costs ~0.1 us against ~10 us to tokenize. Cleared when full (bounded memory).
+        self.cache_size = cache_size
+        self.cache: list[dict[str, list[int]]] = [{} for _ in field_texts]
+        specials = self.tokenizer.encode("", add_special_tokens=True).ids
+        if len(specials) not in (0, 2):
+            raise FlipConfigError(f"tokenizer wraps a sentence in {specials}: expected [CLS] x [SEP] or nothing")
+        self.bos, self.eos = (specials[:1], specials[1:]) if specials else ([], [])
+        self.prefixes = [self._ids(("" if i == 0 else " ") + f"{t} is") for i, t in enumerate(field_texts)]
+        self.suffix = self._ids(".")
+        if max_length < len(self.bos) + len(self.eos) + 1:
+            raise FlipConfigError(f"max_length {max_length} leaves no room for tokens")
 
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, attention, valid, offsets): (B, L) int32, bool, bool and (B, L, 2) int64, where
-        valid marks real tokens (not special, not padding)."""
-        encs = self.tokenizer.encode_batch(texts, add_special_tokens=True)
-        ids = np.array([e.ids for e in encs], dtype=np.int32)
-        attn = np.array([e.attention_mask for e in encs], dtype=bool)
-        special = np.array([e.special_tokens_mask for e in encs], dtype=bool)
-        offsets = np.array([e.offsets for e in encs], dtype=np.int64).reshape(len(encs), -1, 2)
-        return ids, attn, attn & ~special, offsets
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "cache": [{} for _ in self.cache]}  # ship without the cache
+
+    def _value_tokens(self, column: pa.ChunkedArray | pa.Array, field: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tokenize each distinct value once: (per-row index into uniques, unique lengths, flat ids)."""
+        enc = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+        uniques = enc.dictionary.to_pylist()
+        cache = self.cache[field]
+        toks = [cache.get(u) for u in uniques]
+        missing = [i for i, t in enumerate(toks) if t is None]
+        if missing:
+            new = self.tokenizer.encode_batch_fast([" " + uniques[i] for i in missing], add_special_tokens=False)
+            if len(cache) + len(missing) > self.cache_size:
+                cache.clear()
+            for i, e in zip(missing, new):
+                toks[i] = cache[uniques[i]] = e.ids
+        lengths = np.fromiter((len(t) for t in toks), dtype=np.int64, count=len(toks))
+        flat = np.fromiter((i for t in toks for i in t), dtype=np.int32, count=int(lengths.sum()))
+        return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), lengths, flat
+
+    def __call__(self, table: pa.Table, fields: Sequence[str]) -> EncodedPrompts:
+        return self.assemble([self._value_tokens(table[name], f) for f, name in enumerate(fields)])
+
+    def assemble(self, values: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> EncodedPrompts:
+        """Rows from per-field value tokens: for each field, (per-row index into that field's
+        token lists, each list's length, the lists concatenated). Vectorised over rows."""
+        B, F = len(values[0][0]), len(values)
+        # Segment lengths per row: bos, then (prefix_f, value_f, suffix) per field.
+        seg_len = np.empty((B, 1 + 3 * F), dtype=np.int64)
+        seg_len[:, 0] = len(self.bos)
+        for f, (idx, ulen, _) in enumerate(values):
+            seg_len[:, 1 + 3 * f] = len(self.prefixes[f])
+            seg_len[:, 2 + 3 * f] = ulen[idx]
+            seg_len[:, 3 + 3 * f] = len(self.suffix)
+        seg_start = np.cumsum(seg_len, axis=1) - seg_len          # within the untruncated row
+        full = seg_len.sum(1)                                     # without eos
+        kept = np.minimum(full, self.max_length - len(self.eos))  # body tokens that survive
+        row_len = kept + len(self.eos)
+        out_off = np.concatenate([[0], np.cumsum(row_len)])
+        # Write every segment into a flat untruncated buffer, then keep each row's first `kept`.
+        buf_off = np.concatenate([[0], np.cumsum(full)])
+        buf = np.empty(int(buf_off[-1]), dtype=np.int32)
+
+        def put_const(col: int, tokens: list[int]) -> None:
+            if tokens:
+                pos = buf_off[:-1, None] + seg_start[:, col, None] + np.arange(len(tokens))
+                buf[pos] = tokens
+
+        put_const(0, self.bos)
+        for f, (idx, ulen, flat) in enumerate(values):
+            put_const(1 + 3 * f, self.prefixes[f])
+            lens = ulen[idx]
+            ar = ragged_arange(lens)
+            src = np.repeat((np.cumsum(ulen) - ulen)[idx], lens) + ar
+            dst = np.repeat(buf_off[:-1] + seg_start[:, 2 + 3 * f], lens) + ar
+            buf[dst] = flat[src]
+            put_const(3 + 3 * f, self.suffix)
+        keep = ragged_arange(full) < np.repeat(kept, full)
+        ids = np.empty(int(out_off[-1]), dtype=np.int32)
+        ids[np.repeat(out_off[:-1], kept) + ragged_arange(kept)] = buf[keep]
+        if self.eos:
+            ids[out_off[1:] - 1] = self.eos[0]
+        starts = seg_start[:, 2::3]                               # value segments
+        ends = starts + seg_len[:, 2::3]
+        whole = ends <= kept[:, None]
+        spans = np.stack([np.where(whole, starts, 0), np.where(whole, ends, 0)], -1).astype(np.int32)
+        return EncodedPrompts(pa.ListArray.from_arrays(pa.array(out_off.astype(np.int32)), pa.array(ids)), spans)

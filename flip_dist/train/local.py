@@ -1,0 +1,188 @@
+"""Single-process FLIP on CPU or one GPU: pretrain (Eq. 14) and finetune (Eq. 17-19) loops with
+AdamW on the dense side, Adam on the tables, warmup + cosine decay, streaming evaluation.
+The distributed runtime replaces the loops, not the step (flip_dist/train/steps.py)."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from flip_dist.config import FlipConfig
+from flip_dist.data.batches import ShardReader
+from flip_dist.errors import FlipConfigError
+from flip_dist.eval.metrics import CTRMetrics
+from flip_dist.models.flip import FlipFinetuneDense, FlipPretrainDense, FlipSparse, objectives
+from flip_dist.models.id_models import build_id_model
+from flip_dist.models.plm import load_plm
+from flip_dist.models.sampling import AliasSampler
+from flip_dist.text_assets import MINILM, ROBERTA_BPE
+from flip_dist.train.checkpoint import load_module, read_meta, save_modules
+from flip_dist.train.steps import TextIds, finetune_inputs, pretrain_inputs
+
+log = logging.getLogger(__name__)
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warm = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+def _optimizer(dense: nn.Module, sparse: nn.Module | None, cfg: Any, total_steps: int,
+               adamw: bool) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+    dense_params = [p for p in dense.parameters() if p.requires_grad]
+    # foreach: one kernel per op over all tensors, not a Python loop per tensor (3x faster on CPU).
+    opt = (torch.optim.AdamW if adamw else torch.optim.Adam)(dense_params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                             foreach=True)
+    opts = [opt]
+    if sparse is not None:
+        opts.append(torch.optim.Adam(sparse.parameters(), lr=cfg.embed_lr, foreach=True))
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, warmup_cosine(total_steps, cfg.warmup_ratio)) for o in opts]
+    return opts, scheds
+
+
+def _steps(n_rows: int, cfg: Any) -> int:
+    per_epoch = n_rows // cfg.batch_size
+    total = per_epoch * cfg.epochs
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def _check_text(manifest: dict, info: Any) -> None:
+    """Token ids mean nothing to a PLM of another vocabulary: refuse to start rather than train on
+    silently wrong tokens."""
+    named = {MINILM, ROBERTA_BPE}
+    data_tok = manifest.get("tokenizer_name")
+    wrong_family = data_tok in named and info.tokenizer in named and data_tok != info.tokenizer
+    if wrong_family or manifest["text_vocab_size"] > info.vocab_size:
+        raise FlipConfigError(f"the dataset was tokenized with {data_tok} ({manifest['text_vocab_size']} tokens) "
+                              f"but the PLM {info.name} expects {info.tokenizer} ({info.vocab_size}): "
+                              "preprocess with the PLM's tokenizer (--tokenizer)")
+
+
+def _encoders(cfg: FlipConfig, num_fields: int) -> tuple[nn.Module, nn.Module, Any]:
+    plm, info = load_plm(cfg.model.plm, cfg.model.plm_path, trust_remote_code=cfg.model.trust_remote_code,
+                         num_layers=cfg.model.plm_layers)
+    id_model = build_id_model(cfg.model.id_model, num_fields, cfg.model.embed_dim, **cfg.model.id_params)
+    return plm, id_model, info
+
+
+def _loop(batches: Iterable, total: int, step_fn: Callable[[Any], dict[str, torch.Tensor]],
+          params: list[nn.Parameter], opts: list, scheds: list, grad_clip: float, desc: str) -> list[dict]:
+    history = []
+    bar = tqdm(total=total, desc=desc, unit="step")
+    t0, seen = time.perf_counter(), 0
+    for step, batch in enumerate(batches):
+        if step >= total:
+            break
+        losses = step_fn(batch)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        losses["total" if "total" in losses else "loss"].backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        for o in opts:
+            o.step()
+        for s in scheds:
+            s.step()
+        seen += len(batch)
+        row = {k: float(v) for k, v in losses.items() if v.dim() == 0}
+        row["step"] = step
+        row["samples_per_s"] = seen / (time.perf_counter() - t0)
+        history.append(row)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k not in ("step", "samples_per_s")})
+        bar.update(1)
+    bar.close()
+    return history
+
+
+def pretrain_local(cfg: FlipConfig, data_dir: str | Path) -> dict[str, Any]:
+    """Pretrain on the train split of `data_dir`; save a checkpoint under cfg.pretrain.out_dir."""
+    pc = cfg.pretrain
+    obj = objectives(pc.objectives)
+    torch.manual_seed(pc.seed)
+    reader = ShardReader(data_dir, "train")
+    m = reader.manifest
+    plm, id_model, info = _encoders(cfg, m["num_fields"])
+    _check_text(m, info)
+    counts = np.load(Path(data_dir) / "feature_counts.npy")
+    sparse = FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim, cfg.model.nce_dim if obj.mtm else None)
+    if sparse.nce is not None:
+        sparse.nce.init_bias(counts, cfg.model.nce_bias_init)
+    sampler = AliasSampler(counts) if obj.mtm else None
+    dense = FlipPretrainDense(plm, id_model, info.hidden_size, info.vocab_size, m["num_fields"], obj,
+                              cfg.model.nce_dim, cfg.model.mtm_hidden, cfg.model.icl_dim, pc.tau, cfg.model.icl_norm)
+    text = TextIds(int(m["text_mask_id"]), info.vocab_size)
+    total = _steps(len(reader), pc)
+    opts, scheds = _optimizer(dense, sparse, pc, total, adamw=True)
+    gen = torch.Generator().manual_seed(pc.seed)
+
+    def step(batch):
+        inputs = pretrain_inputs(batch, sparse, sampler, obj, pc.r_text, pc.r_tab, pc.num_noise, text, gen)
+        return dense(**inputs)
+
+    batches = (b for e in range(pc.epochs) for b in reader.batches(pc.batch_size, shuffle=True, seed=pc.seed + e,
+                                                                    drop_last=True))
+    history = _loop(batches, total, step, list(dense.parameters()) + list(sparse.parameters()), opts, scheds,
+                    pc.grad_clip, f"pretrain[{pc.objectives}]") if total else []
+    ckpt = save_modules(pc.out_dir, {"embedding": sparse.embedding, "id_model": id_model, "plm": plm},
+                        {"stage": "pretrain", "config": asdict(cfg), "data": str(data_dir), "steps": len(history)})
+    return {"checkpoint": str(ckpt), "history": history}
+
+
+def finetune_local(cfg: FlipConfig, data_dir: str | Path) -> dict[str, Any]:
+    """Finetune (cfg.finetune.mode) on train, evaluate AUC/logloss on test."""
+    fc = cfg.finetune
+    torch.manual_seed(fc.seed)
+    reader = ShardReader(data_dir, "train")
+    m = reader.manifest
+    plm, id_model, info = _encoders(cfg, m["num_fields"])
+    _check_text(m, info)
+    sparse = FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim, None) if fc.mode != "flip_plm" else None
+    if fc.init:
+        meta = read_meta(fc.init)
+        if meta.get("stage") != "pretrain":
+            raise FlipConfigError(f"finetune.init {fc.init} is not a pretraining checkpoint")
+        load_module(fc.init, "plm", plm)
+        load_module(fc.init, "id_model", id_model)
+        if sparse is not None:
+            load_module(fc.init, "embedding", sparse.embedding)
+    dense = FlipFinetuneDense(fc.mode, id_model, plm, info.hidden_size)
+    total = _steps(len(reader), fc)
+    opts, scheds = _optimizer(dense, sparse, fc, total, adamw=False)
+
+    def step(batch):
+        return dense(**finetune_inputs(batch, sparse))
+
+    batches = (b for e in range(fc.epochs) for b in reader.batches(fc.batch_size, shuffle=True, seed=fc.seed + e,
+                                                                    drop_last=True))
+    params = list(dense.parameters()) + (list(sparse.parameters()) if sparse is not None else [])
+    history = _loop(batches, total, step, params, opts, scheds, fc.grad_clip, f"finetune[{fc.mode}]")
+    metrics = evaluate(sparse, dense, ShardReader(data_dir, "test"), fc.eval_batch_size, fc.eval_rows)
+    if dense.alpha is not None:
+        metrics["alpha"] = float(dense.alpha)
+    return {"metrics": metrics, "history": history}
+
+
+@torch.no_grad()
+def evaluate(sparse: FlipSparse | None, dense: FlipFinetuneDense, reader: ShardReader, batch_size: int,
+             max_rows: int = 0) -> dict:
+    dense.eval()
+    metrics = CTRMetrics()
+    for batch in reader.batches(batch_size, max_rows=max_rows):
+        out = dense(**finetune_inputs(batch, sparse))
+        metrics.update(out["logit"], batch.labels)
+    dense.train()
+    return metrics.compute()
