@@ -92,3 +92,25 @@ def test_partly_truncated_value_gets_an_empty_span(minilm):
     assert enc.spans[0, 0].tolist() == [3, 4]
     assert enc.spans[0, 1].tolist() == [0, 0]
     assert enc.num_truncated.tolist() == [1]
+
+
+def test_vocabulary_token_table_gives_the_same_prompts(ml100k_staging, minilm):
+    """The fast path (tokens of known values from a per-dataset table) equals tokenizing values."""
+    from flip_dist.data.template import TokenTable
+    from flip_dist.data.vocab import Vocabulary, count_values, oov_id
+
+    reader, res = ml100k_staging
+    fields = reader.spec.fields
+    train, test = res.table.slice(0, 5_000), res.table.slice(60_000, 3000)
+    vocab = Vocabulary.build(count_values(train, fields), fields, min_count=1)
+    prompts = PromptTokenizer(minilm, reader.spec.field_texts, 128)
+    values = vocab.table.sort_by("feature_id")["value"].to_pylist()
+    known = TokenTable.concat([prompts.tokenize_values(values[:2000]), prompts.tokenize_values(values[2000:])])
+    oov = [oov_id(f) for f in range(len(fields))]
+    for table in (train.slice(0, 3000), test):   # test has values unseen in train (OOV ids)
+        fids = vocab.encode(table)
+        fast = PromptTokenizer(minilm, reader.spec.field_texts, 128)(table, fields, fids, known, oov)
+        slow = PromptTokenizer(minilm, reader.spec.field_texts, 128)(table, fields)
+        assert fast.input_ids.equals(slow.input_ids)
+        np.testing.assert_array_equal(fast.spans, slow.spans)
+    assert (vocab.encode(test) == np.array(oov)).any(0).sum() >= 3   # several fields with OOVs

@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from flip_dist.config import PreprocessConfig
@@ -28,7 +29,7 @@ from flip_dist.data.bad_rows import BadRows
 from flip_dist.data.readers import get_reader
 from flip_dist.data.readers.base import DatasetSpec
 from flip_dist.data.shards import MANIFEST, split_summary
-from flip_dist.data.template import PromptTokenizer
+from flip_dist.data.template import PromptTokenizer, TokenTable
 from flip_dist.data.vocab import MASK_ID, PAD_ID, Vocabulary, count_values, oov_id
 from flip_dist.errors import FlipDataError
 from flip_dist.io_atomic import atomic_output_dir, write_json_atomic
@@ -94,19 +95,21 @@ def _count_train(path: str, fields: tuple[str, ...], cut: SplitCut) -> pa.Table:
 
 
 # ---------------------------------------------------------------- stage 4: encode
-@lru_cache(maxsize=2)
-def _worker_vocab(ref_hex: str, ref: Any) -> Vocabulary:
+@lru_cache(maxsize=4)
+def _worker_object(ref_hex: str, ref: Any) -> Any:
+    """An object-store object, fetched once per worker process and kept: the vocabulary's lookup
+    arrays, and the prompt tokenizer whose value cache then warms across all of the worker's tasks."""
     import ray
 
     return ray.get(ref)
 
 
 def encode_table(table: pa.Table, spec: DatasetSpec, vocab: Vocabulary,
-                 tokenizer: PromptTokenizer) -> pa.Table:
+                 tokenizer: PromptTokenizer, known: TokenTable | None = None) -> pa.Table:
     """Staging rows -> contract rows: label, feature_ids, input_ids, field_spans (+ row_id,
     num_truncated_fields)."""
     feature_ids = vocab.encode(table).astype(np.int32)
-    prompts = tokenizer(table, spec.fields)
+    prompts = tokenizer(table, spec.fields, feature_ids, known, [oov_id(f) for f in range(len(spec.fields))])
     F = len(spec.fields)
     return pa.table({
         "label": table["label"],
@@ -119,52 +122,70 @@ def encode_table(table: pa.Table, spec: DatasetSpec, vocab: Vocabulary,
 
 
 class _EncodeFiles:
-    """Ray Data UDF: staging files (a batch of paths) -> contract rows plus a `split` column,
-    yielded `batch_rows` at a time so memory stays at one tokenizer batch."""
+    """Ray Data UDF, one staging file a call: encode it `batch_rows` at a time and write its rows
+    as one Parquet shard per split, named after the staging file (so reruns give the same names).
+    Writing here, not in a Ray Data write operator, keeps a worker one CPU of work end to end:
+    Ray Data's partitioned writer cost twice the encoding itself."""
 
-    def __init__(self, dataset: str, cut: SplitCut, vocab_ref: list, tokenizer: PromptTokenizer,
-                 batch_rows: int) -> None:
+    def __init__(self, dataset: str, cut: SplitCut, refs: list, batch_rows: int, out: str) -> None:
         self.spec = get_reader(dataset).spec
-        self.cut, self.vocab_ref = cut, vocab_ref[0]  # in a list: Ray passes it through unresolved
-        self.tokenizer, self.batch_rows = tokenizer, batch_rows
+        self.cut, self.refs = cut, refs  # object refs in a list: Ray passes them through unresolved
+        self.batch_rows, self.out = batch_rows, Path(out)
 
-    def __call__(self, paths: pa.Table) -> Iterator[pa.Table]:
-        vocab = _worker_vocab(self.vocab_ref.hex(), self.vocab_ref)
+    def __call__(self, paths: pa.Table) -> pa.Table:
+        vocab, tokenizer, known = (_worker_object(r.hex(), r) for r in self.refs)
+        written = {"path": [], "train": [], "test": []}
         for path in paths["path"].to_pylist():
+            parts: dict[str, list[pa.Table]] = {"train": [], "test": []}
             for rb in pq.ParquetFile(path).iter_batches(batch_size=self.batch_rows):
                 batch = pa.Table.from_batches([rb])
-                out = encode_table(batch, self.spec, vocab, self.tokenizer)
-                split = np.where(self.cut.is_train(batch), "train", "test")
-                yield out.append_column("split", pa.array(split, pa.string()))
+                out = encode_table(batch, self.spec, vocab, tokenizer, known)
+                train = self.cut.is_train(batch)
+                parts["train"].append(out.filter(pa.array(train)))
+                parts["test"].append(out.filter(pa.array(~train)))
+            written["path"].append(path)
+            for split, tables in parts.items():
+                table = pa.concat_tables(tables) if tables else None
+                n = table.num_rows if table is not None else 0
+                if n:
+                    pq.write_table(table, self.out / split / Path(path).name)
+                written[split].append(n)
+        return pa.table(written)
 
 
-def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, vocab_ref: Any,
-                      tokenizer: PromptTokenizer, out: Path) -> None:
-    """One Ray Data pass over the staging files, written Hive-partitioned by split, then the
-    partitions renamed to the contract's train/ and test/."""
+def _tokenize_values(tokenizer: PromptTokenizer, values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return tokenizer.tokenize_values(values)
+
+
+def token_table(vocab: Vocabulary, tokenizer: PromptTokenizer, workers: int) -> TokenTable:
+    """Tokenize every vocabulary value once, in parallel Ray tasks, in feature id order."""
+    import ray
+
+    values = vocab.table.sort_by("feature_id")["value"]
+    chunk = max(20_000, -(-len(values) // (4 * workers)))   # a few tasks per worker: balance
+    tok_ref = ray.put(tokenizer)
+    pieces = run_bounded(_tokenize_values, [(tok_ref, values.slice(i, chunk).to_pylist())
+                                            for i in range(0, len(values), chunk)],
+                         workers, desc="tokenize vocabulary")
+    return TokenTable.concat(pieces)
+
+
+def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, vocab: Vocabulary,
+                      tokenizer: PromptTokenizer, known: TokenTable, out: Path) -> int:
+    """One Ray Data pass over the staging files, `num_workers` files at a time; returns rows written."""
     import ray.data
 
     # Ray Data reserves half of the CPUs for downstream operators by default, which on a small
-    # node leaves one encode task running; the write step is cheap, so no reservation is needed.
+    # node leaves one encode task running; nothing runs downstream here.
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
-    fn = _EncodeFiles(cfg.dataset, cut, [vocab_ref], tokenizer, cfg.batch_rows)
-    # One task per staging file does encode and write (Ray Data fuses the two when their compute
-    # and remote args match): a worker is then one CPU of work end to end, and N workers scale.
-    remote = {"num_cpus": 1, "runtime_env": WORKER_ENV}
-    ds = ray.data.from_items([{"path": p} for p in staging], override_num_blocks=len(staging))
-    ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=1, concurrency=cfg.num_workers, **remote)
-    encoded = out / "_encoded"
-    # No min_rows_per_file: Ray Data would bundle that many *input* rows (file paths) into one
-    # task. A task writes each staging file's rows as one shard per split.
-    ds.write_parquet(str(encoded), partition_cols=["split"], concurrency=cfg.num_workers,
-                     ray_remote_args=remote)
     for split in ("train", "test"):
-        part = encoded / f"split={split}"
-        if part.is_dir():
-            part.rename(out / split)
-        else:
-            (out / split).mkdir()  # an empty split still gets its folder
-    shutil.rmtree(encoded)
+        (out / split).mkdir()
+    fn = _EncodeFiles(cfg.dataset, cut, [ray.put(vocab), ray.put(tokenizer), ray.put(known)], cfg.batch_rows, str(out))
+    ds = ray.data.from_items([{"path": p} for p in staging], override_num_blocks=len(staging))
+    ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=1, concurrency=cfg.num_workers,
+                        num_cpus=1, runtime_env=WORKER_ENV)
+    tables = ray.get(ds.to_arrow_refs())
+    return sum(int(pa.compute.sum(t[s]).as_py() or 0) for t in tables for s in ("train", "test"))
 
 
 # ---------------------------------------------------------------- driver
@@ -179,8 +200,14 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         raise FlipDataError("raw data folder does not exist", path=str(raw))
     tok_path = str(resolve_tokenizer(cfg.tokenizer))
     tokenizer = load_tokenizer(tok_path)
-    t0 = time.perf_counter()
+    t0 = last = time.perf_counter()
     timings: dict[str, float] = {}
+
+    def lap(stage: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        timings[f"{stage}_s"], last = now - last, now
+
     with atomic_output_dir(cfg.out_dir, overwrite=cfg.overwrite) as out:
         staging_dir = out / STAGING
         staging_dir.mkdir()
@@ -198,18 +225,19 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
             for k, v in part_stats.items():
                 stats[k] = stats.get(k, 0) + v
         bad.check(n_rows, cfg.max_bad_fraction)
-        timings["parse_s"] = time.perf_counter() - t0
+        lap("parse")
 
         cut, n_train, n_test = find_cut(staging, cfg.train_ratio)
         counts = run_bounded(_count_train, [(s, spec.fields, cut) for s in staging],
                              cfg.num_workers, desc="count train values")
         vocab = Vocabulary.build(pa.concat_tables(counts), spec.fields, cfg.min_count)
         vocab.save(out)
-        timings["vocab_s"] = time.perf_counter() - t0 - timings["parse_s"]
-
-        vocab_ref = ray.put(vocab)
-        _encode_and_write(cfg, staging, cut, vocab_ref, PromptTokenizer(tokenizer, spec.field_texts, cfg.max_length), out)
-        timings["encode_s"] = time.perf_counter() - t0 - timings["parse_s"] - timings["vocab_s"]
+        lap("vocab")
+        prompts = PromptTokenizer(tokenizer, spec.field_texts, cfg.max_length)
+        known = token_table(vocab, prompts, cfg.num_workers)
+        lap("tokenize_vocab")
+        _encode_and_write(cfg, staging, cut, vocab, prompts, known, out)
+        lap("encode")
         shutil.rmtree(staging_dir)
 
         if bad.samples:

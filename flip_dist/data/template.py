@@ -36,6 +36,22 @@ def ragged_arange(lengths: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class TokenTable:
+    """Tokens of " <value>" for every feature id of a vocabulary, tokenized once per dataset:
+    encoding a row of known values is then a gather, no tokenizer call. Arrays are plain numpy,
+    shared zero-copy by the workers through Ray's object store."""
+
+    lengths: np.ndarray   # (M,) int64
+    starts: np.ndarray    # (M,) int64 offsets into flat
+    flat: np.ndarray      # int32
+
+    @classmethod
+    def concat(cls, pieces: Sequence[tuple[np.ndarray, np.ndarray]]) -> "TokenTable":
+        lengths = np.concatenate([p[0] for p in pieces]).astype(np.int64)
+        return cls(lengths, np.cumsum(lengths) - lengths, np.concatenate([p[1] for p in pieces]))
+
+
+@dataclass
 class EncodedPrompts:
     input_ids: pa.ListArray      # per row, special tokens included, no padding
     spans: np.ndarray            # (B, F, 2) int32 [start, end) of each value; (0, 0) if truncated
@@ -76,6 +92,12 @@ class PromptTokenizer:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "cache": [{} for _ in self.cache]}  # ship without the cache
 
+    def tokenize_values(self, values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(lengths, flat ids) of " <value>" for each value: a piece of a TokenTable."""
+        toks = [e.ids for e in self.tokenizer.encode_batch_fast([" " + v for v in values], add_special_tokens=False)]
+        lengths = np.fromiter((len(t) for t in toks), dtype=np.int64, count=len(toks))
+        return lengths, np.fromiter((i for t in toks for i in t), dtype=np.int32, count=int(lengths.sum()))
+
     def _value_tokens(self, column: pa.ChunkedArray | pa.Array, field: int
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Tokenize each distinct value once: (per-row index into uniques, unique lengths, flat ids)."""
@@ -94,17 +116,28 @@ class PromptTokenizer:
         flat = np.fromiter((i for t in toks for i in t), dtype=np.int32, count=int(lengths.sum()))
         return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), lengths, flat
 
-    def __call__(self, table: pa.Table, fields: Sequence[str]) -> EncodedPrompts:
-        return self.assemble([self._value_tokens(table[name], f) for f, name in enumerate(fields)])
+    def __call__(self, table: pa.Table, fields: Sequence[str], feature_ids: np.ndarray | None = None,
+                 known: TokenTable | None = None, oov_ids: Sequence[int] = ()) -> EncodedPrompts:
+        """With `known` and the rows' feature ids, a field whose values are all in the vocabulary
+        takes their tokens from the table; a field with out-of-vocabulary values in the batch
+        tokenizes its distinct values (the text shows the real value even when its id is OOV)."""
+        values = []
+        for f, name in enumerate(fields):
+            if known is not None and feature_ids is not None and not (feature_ids[:, f] == oov_ids[f]).any():
+                values.append((feature_ids[:, f].astype(np.int64), known.lengths, known.flat, known.starts))
+            else:
+                values.append(self._value_tokens(table[name], f))
+        return self.assemble(values)
 
-    def assemble(self, values: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> EncodedPrompts:
+    def assemble(self, values: Sequence[tuple]) -> EncodedPrompts:
         """Rows from per-field value tokens: for each field, (per-row index into that field's
-        token lists, each list's length, the lists concatenated). Vectorised over rows."""
+        token lists, each list's length, the lists concatenated[, each list's start]).
+        Vectorised over rows."""
         B, F = len(values[0][0]), len(values)
         # Segment lengths per row: bos, then (prefix_f, value_f, suffix) per field.
         seg_len = np.empty((B, 1 + 3 * F), dtype=np.int64)
         seg_len[:, 0] = len(self.bos)
-        for f, (idx, ulen, _) in enumerate(values):
+        for f, (idx, ulen, *_) in enumerate(values):
             seg_len[:, 1 + 3 * f] = len(self.prefixes[f])
             seg_len[:, 2 + 3 * f] = ulen[idx]
             seg_len[:, 3 + 3 * f] = len(self.suffix)
@@ -123,11 +156,12 @@ class PromptTokenizer:
                 buf[pos] = tokens
 
         put_const(0, self.bos)
-        for f, (idx, ulen, flat) in enumerate(values):
+        for f, (idx, ulen, flat, *ustart) in enumerate(values):
             put_const(1 + 3 * f, self.prefixes[f])
             lens = ulen[idx]
             ar = ragged_arange(lens)
-            src = np.repeat((np.cumsum(ulen) - ulen)[idx], lens) + ar
+            starts = ustart[0] if ustart else np.cumsum(ulen) - ulen
+            src = np.repeat(starts[idx], lens) + ar
             dst = np.repeat(buf_off[:-1] + seg_start[:, 2 + 3 * f], lens) + ar
             buf[dst] = flat[src]
             put_const(3 + 3 * f, self.suffix)

@@ -4,7 +4,6 @@ from scratch; report AUC/logloss side by side, as JSON and a bar chart."""
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any

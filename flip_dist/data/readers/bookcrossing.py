@@ -10,7 +10,6 @@ import html
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 
 from flip_dist.data.bad_rows import BadRows
 from flip_dist.data.readers.base import (DatasetSpec, PartResult, RawPart, RawReader,

@@ -36,7 +36,7 @@ def _spec(name: str) -> DatasetSpec:
     return DatasetSpec(name, MOVIELENS_FIELDS, MOVIELENS_TEXTS, LABEL_RULE, SPLIT_RULE, True)
 
 
-def _int(value: str, path: Path, line: int, what: str) -> int:
+def _int(value: str, what: str) -> int:
     try:
         return int(value)
     except ValueError:
@@ -54,7 +54,7 @@ class _MovieLensReader(RawReader):
         path = Path(part.path)
         for lineno, rec in self._ratings(path, bad, part):
             try:
-                uid, mid, rating, ts = (_int(v, path, lineno, w) for v, w in
+                uid, mid, rating, ts = (_int(v, w) for v, w in
                                         zip(rec, ("user id", "movie id", "rating", "timestamp")))
             except ValueError as e:
                 bad.add(str(path), lineno, str(e), self.sep.join(rec))
