@@ -37,7 +37,7 @@ if [ "$variant" = cpu ]; then
   # local version, from the PyTorch CPU index where the machine has no local copy.
   quiet "${pip[@]}" "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
     || quiet "${pip[@]}" "torch==2.13.0"
-  "$py" - <<'PY'
+  "$py" -W ignore - <<'PY'
 import torch, sys
 if torch.version.cuda:
     sys.exit(f"setup: a CUDA torch ({torch.__version__}) was installed on the cpu variant")

@@ -1,10 +1,11 @@
-"""Raw files -> FLIP shards (DESIGN.md's data contract), as Ray work in four stages:
+"""Raw files -> FLIP shards (DESIGN.md's data contract), as Ray work in five stages:
 
 1. parse: Ray tasks turn raw parts (files or line-aligned byte ranges) into staging Parquet;
 2. split: the driver reads only the sort keys and finds the 90% cut (chronological, or seeded);
 3. vocabulary: Ray tasks count train values per staging file; the driver merges the counts;
-4. encode: Ray Data maps staging batches to feature ids, prompts, token ids and field spans and
-   writes the train and test shards.
+4. tokenize vocabulary: Ray tasks tokenize every vocabulary value once;
+5. encode: a Ray Data pass maps each staging file to feature ids, token ids and field spans and
+   writes its train and test shards.
 Memory per worker is bounded by a staging file / batch, not by the dataset. Everything is built
 in a hidden temporary folder renamed into place at the end, so a failed run leaves nothing that
 looks complete."""
@@ -190,7 +191,7 @@ def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, 
 
 # ---------------------------------------------------------------- driver
 def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
-    """Run the four stages; return the manifest. Needs a Ray session (flip_dist.ray_runtime)."""
+    """Run the five stages; return the manifest. Needs a Ray session (flip_dist.ray_runtime)."""
     import ray
 
     reader = get_reader(cfg.dataset)
