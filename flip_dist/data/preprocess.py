@@ -97,7 +97,7 @@ def _count_train(path: str, fields: tuple[str, ...], cut: SplitCut) -> pa.Table:
 
 # ---------------------------------------------------------------- stage 4: encode
 @lru_cache(maxsize=4)
-def _worker_object(ref_hex: str, ref: Any) -> Any:
+def _worker_object(ref: Any) -> Any:
     """An object-store object, fetched once per worker process and kept: the vocabulary's lookup
     arrays, and the prompt tokenizer whose value cache then warms across all of the worker's tasks."""
     import ray
@@ -134,7 +134,7 @@ class _EncodeFiles:
         self.batch_rows, self.out = batch_rows, Path(out)
 
     def __call__(self, paths: pa.Table) -> pa.Table:
-        vocab, tokenizer, known = (_worker_object(r.hex(), r) for r in self.refs)
+        vocab, tokenizer, known = (_worker_object(r) for r in self.refs)
         written = {"path": [], "train": [], "test": []}
         for path in paths["path"].to_pylist():
             parts: dict[str, list[pa.Table]] = {"train": [], "test": []}
