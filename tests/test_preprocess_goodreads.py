@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flip_dist.config import PreprocessConfig
-from flip_dist.data.preprocess import preprocess
+from flip_dist.data.preprocess import balanced_parts, plan_encode_units, preprocess
 from flip_dist.data.readers import get_reader
 from flip_dist.data.shards import shard_files
 from flip_dist.data.synthetic_goodreads import write_raw_goodreads
@@ -22,8 +22,8 @@ def test_goodreads_parallel_parts_roberta(tmp_path, ray_local, roberta_bpe):
         max_length=256, part_bytes=1 << 20, staging_rows=3000, num_workers=2))
 
     reader = get_reader("goodreads")
-    parts = reader.parts(raw, 1 << 20)
-    assert len(parts) > 3
+    parts = balanced_parts(reader, raw, 1 << 20, workers=2)
+    assert len(parts) > 3 and len(parts) % 2 == 0
     ctx = reader.context(raw)
     staged = pa.concat_tables([reader.read_part(p, ctx, 42).table for p in parts])
     assert manifest["num_samples"] == staged.num_rows
@@ -42,3 +42,18 @@ def test_goodreads_parallel_parts_roberta(tmp_path, ray_local, roberta_bpe):
         for k, f in enumerate(reader.spec.fields):
             s, e = row["field_spans"][2 * k: 2 * k + 2]
             assert roberta_bpe.decode(row["input_ids"][s:e]) == " " + raw_rows[row["row_id"]][f]
+
+
+def test_encode_units_are_balanced_and_cover_every_row_group_once(tmp_path):
+    files = []
+    for i, rows in enumerate([150_000, 38_000, 150_000, 12_000, 90_000]):
+        path = tmp_path / f"s{i}.parquet"
+        pq.write_table(pa.table({"x": np.arange(rows)}), path, row_group_size=4096)
+        files.append(str(path))
+    units = plan_encode_units(files, target_rows=100_000, workers=2)
+    assert len(units) == 6                      # ceil(440k / 100k) = 5, rounded up to a multiple of 2
+    groups = [g for u in units for g in u.groups]
+    expected = [(f, g) for f in files for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
+    assert groups == expected                   # in order, each once
+    sizes = [sum(pq.ParquetFile(f).metadata.row_group(g).num_rows for f, g in u.groups) for u in units]
+    assert max(sizes) - min(sizes) <= 2 * 4096

@@ -56,7 +56,7 @@ class SplitCut:
 
 # ---------------------------------------------------------------- stage 1: parse
 def _parse_part(dataset: str, part: Any, context: Any, seed: int, out_dir: str,
-                staging_rows: int) -> tuple[list[str], int, BadRows, dict]:
+                staging_rows: int, group_rows: int) -> tuple[list[str], int, BadRows, dict]:
     """Parse one raw part into staging files of about `staging_rows` rows: a file is the unit of
     work of the later stages, so their parallelism does not depend on how the raw data came,
     and a part is streamed, so a huge one (a .gz file) never sits in memory whole."""
@@ -67,13 +67,24 @@ def _parse_part(dataset: str, part: Any, context: Any, seed: int, out_dir: str,
         if res.table.schema != schema:
             raise FlipDataError(f"reader produced schema {res.table.schema}, expected {schema}", path=part.path)
         path = str(Path(out_dir) / f"part-{part.index:05d}-{j:04d}.parquet")
-        pq.write_table(res.table, path)
+        pq.write_table(res.table, path, row_group_size=group_rows)
         files.append(path)
         n += res.table.num_rows
         bad.merge(res.bad)
         for k, v in res.stats.items():
             stats[k] = stats.get(k, 0) + v
     return files, n, bad, stats
+
+
+def balanced_parts(reader: Any, raw: Path, target_bytes: int, workers: int) -> list[Any]:
+    """The reader's parts, re-cut to a multiple of `workers` where parts are byte ranges of about
+    `target_bytes`, so that the last round of parse tasks keeps every worker busy."""
+    parts = reader.parts(raw, target_bytes)
+    if len(parts) % workers == 0:
+        return parts
+    total = sum((p.end if p.end >= 0 else Path(p.path).stat().st_size) - p.start for p in parts)
+    n = -(-len(parts) // workers) * workers
+    return reader.parts(raw, max(1 << 10, -(-total // n)))
 
 
 # ---------------------------------------------------------------- stage 2: split
@@ -122,36 +133,59 @@ def encode_table(table: pa.Table, spec: DatasetSpec, vocab: Vocabulary,
     })
 
 
-class _EncodeFiles:
-    """Ray Data UDF, one staging file a call: encode it `batch_rows` at a time and write its rows
-    as one Parquet shard per split, named after the staging file (so reruns give the same names).
-    Writing here, not in a Ray Data write operator, keeps a worker one CPU of work end to end:
-    Ray Data's partitioned writer cost twice the encoding itself."""
+@dataclass(frozen=True)
+class EncodeUnit:
+    """One encode task: row groups of staging files, about the same number of rows in every unit,
+    so that with N workers no worker is left alone with the last big file."""
+    index: int
+    groups: tuple[tuple[str, int], ...]   # (staging file, row group)
 
-    def __init__(self, dataset: str, cut: SplitCut, refs: list, batch_rows: int, out: str) -> None:
-        self.spec = get_reader(dataset).spec
-        self.cut, self.refs = cut, refs  # object refs in a list: Ray passes them through unresolved
-        self.batch_rows, self.out = batch_rows, Path(out)
 
-    def __call__(self, paths: pa.Table) -> pa.Table:
-        vocab, tokenizer, known = (_worker_object(r) for r in self.refs)
-        written = {"path": [], "train": [], "test": []}
-        for path in paths["path"].to_pylist():
-            parts: dict[str, list[pa.Table]] = {"train": [], "test": []}
-            for rb in pq.ParquetFile(path).iter_batches(batch_size=self.batch_rows):
-                batch = pa.Table.from_batches([rb])
-                out = encode_table(batch, self.spec, vocab, tokenizer, known)
-                train = self.cut.is_train(batch)
-                parts["train"].append(out.filter(pa.array(train)))
-                parts["test"].append(out.filter(pa.array(~train)))
-            written["path"].append(path)
-            for split, tables in parts.items():
-                table = pa.concat_tables(tables) if tables else None
-                n = table.num_rows if table is not None else 0
-                if n:
-                    pq.write_table(table, self.out / split / Path(path).name)
-                written[split].append(n)
-        return pa.table(written)
+def plan_encode_units(staging: list[str], target_rows: int, workers: int) -> list[EncodeUnit]:
+    """Cut the staging row groups, in order, into a multiple of `workers` units of about equal rows."""
+    groups = [(path, g, meta.row_group(g).num_rows) for path in staging
+              for meta in [pq.ParquetFile(path).metadata] for g in range(meta.num_row_groups)]
+    total = sum(n for *_, n in groups)
+    n_units = -(-max(1, -(-total // target_rows)) // workers) * workers
+    units: list[list[tuple[str, int]]] = [[] for _ in range(n_units)]
+    seen = 0
+    for path, g, n in groups:   # a group goes to the unit its middle row falls in
+        units[min(n_units - 1, (seen + n // 2) * n_units // max(total, 1))].append((path, g))
+        seen += n
+    return [EncodeUnit(i, tuple(u)) for i, u in enumerate(units) if u]
+
+
+def _encode_unit(dataset: str, cut: SplitCut, refs: list, out: str, unit: EncodeUnit) -> dict[str, int]:
+    """Encode one unit's row groups and write its rows as one Parquet shard per split, named after
+    the unit (so reruns give the same names). Returns rows per split."""
+    spec = get_reader(dataset).spec
+    vocab, tokenizer, known = (_worker_object(r) for r in refs)
+    parts: dict[str, list[pa.Table]] = {"train": [], "test": []}
+    for path, g in unit.groups:
+        batch = pq.ParquetFile(path).read_row_group(g)
+        encoded = encode_table(batch, spec, vocab, tokenizer, known)
+        train = cut.is_train(batch)
+        parts["train"].append(encoded.filter(pa.array(train)))
+        parts["test"].append(encoded.filter(pa.array(~train)))
+    written = {}
+    for split, tables in parts.items():
+        table = pa.concat_tables(tables)
+        if table.num_rows:
+            pq.write_table(table, Path(out) / split / f"shard-{unit.index:05d}.parquet")
+        written[split] = table.num_rows
+    return written
+
+
+class _EncodeUnits:
+    """Ray Data UDF over unit indices. Writing here, not in a Ray Data write operator, keeps a
+    worker one CPU of work end to end: Ray Data's partitioned writer cost twice the encoding itself."""
+
+    def __init__(self, units: list[EncodeUnit], *args: Any) -> None:
+        self.units, self.args = units, args  # object refs inside a list: Ray passes them through unresolved
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [_encode_unit(*self.args, self.units[i]) for i in batch["unit"].to_pylist()]
+        return pa.table({"train": [r["train"] for r in rows], "test": [r["test"] for r in rows]})
 
 
 def _tokenize_values(tokenizer: PromptTokenizer, values: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +207,7 @@ def token_table(vocab: Vocabulary, tokenizer: PromptTokenizer, workers: int) -> 
 
 def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, vocab: Vocabulary,
                       tokenizer: PromptTokenizer, known: TokenTable, out: Path) -> int:
-    """One Ray Data pass over the staging files, `num_workers` files at a time; returns rows written."""
+    """One Ray Data pass over balanced encode units, `num_workers` at a time; returns rows written."""
     import ray.data
 
     # Ray Data reserves half of the CPUs for downstream operators by default, which on a small
@@ -181,10 +215,11 @@ def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, 
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     for split in ("train", "test"):
         (out / split).mkdir()
-    fn = _EncodeFiles(cfg.dataset, cut, [ray.put(vocab), ray.put(tokenizer), ray.put(known)], cfg.batch_rows, str(out))
-    ds = ray.data.from_items([{"path": p} for p in staging], override_num_blocks=len(staging))
-    ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=1, concurrency=cfg.num_workers,
-                        num_cpus=1, runtime_env=WORKER_ENV)
+    units = plan_encode_units(staging, cfg.staging_rows, cfg.num_workers)
+    args = (cfg.dataset, cut, [ray.put(vocab), ray.put(tokenizer), ray.put(known)], str(out))
+    ds = ray.data.from_items([{"unit": u.index} for u in units], override_num_blocks=len(units))
+    ds = ds.map_batches(_EncodeUnits(units, *args), batch_format="pyarrow", batch_size=1,
+                        concurrency=cfg.num_workers, num_cpus=1, runtime_env=WORKER_ENV)
     tables = ray.get(ds.to_arrow_refs())
     return sum(int(pa.compute.sum(t[s]).as_py() or 0) for t in tables for s in ("train", "test"))
 
@@ -212,10 +247,10 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
     with atomic_output_dir(cfg.out_dir, overwrite=cfg.overwrite) as out:
         staging_dir = out / STAGING
         staging_dir.mkdir()
-        parts = reader.parts(raw, cfg.part_bytes)
+        parts = balanced_parts(reader, raw, cfg.part_bytes, cfg.num_workers)
         context_ref = ray.put(reader.context(raw))
         results = run_bounded(_parse_part, [(cfg.dataset, p, context_ref, cfg.seed, str(staging_dir),
-                                             cfg.staging_rows) for p in parts],
+                                             cfg.staging_rows, cfg.batch_rows) for p in parts],
                               cfg.num_workers, desc=f"parse {cfg.dataset}")
         del context_ref
         bad, stats, n_rows, staging = BadRows(), {}, 0, []

@@ -123,11 +123,30 @@ class PromptTokenizer:
         tokenizes its distinct values (the text shows the real value even when its id is OOV)."""
         values = []
         for f, name in enumerate(fields):
-            if known is not None and feature_ids is not None and not (feature_ids[:, f] == oov_ids[f]).any():
-                values.append((feature_ids[:, f].astype(np.int64), known.lengths, known.flat, known.starts))
-            else:
+            if known is None or feature_ids is None:
                 values.append(self._value_tokens(table[name], f))
+                continue
+            ids = feature_ids[:, f].astype(np.int64)
+            oov = ids == oov_ids[f]
+            if not oov.any():
+                values.append((ids, known.lengths, known.flat, known.starts))
+            else:
+                values.append(self._mixed_tokens(table[name], ids, oov, f, known))
         return self.assemble(values)
+
+    def _mixed_tokens(self, column: pa.ChunkedArray | pa.Array, ids: np.ndarray, oov: np.ndarray,
+                      field: int, known: TokenTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A field with some OOV rows: the known rows' tokens are gathered from the table and only
+        the OOV rows' values go through the tokenizer (every worker would otherwise re-tokenize,
+        and cache, the field's whole value distribution)."""
+        o_index, o_len, o_flat = self._value_tokens(column.filter(pa.array(oov)), field)
+        k_ids, k_index = np.unique(ids[~oov], return_inverse=True)
+        k_len = known.lengths[k_ids]
+        k_flat = known.flat[np.repeat(known.starts[k_ids], k_len) + ragged_arange(k_len)]
+        index = np.empty(len(ids), dtype=np.int64)
+        index[~oov] = k_index
+        index[oov] = o_index + len(k_ids)
+        return index, np.concatenate([k_len, o_len]), np.concatenate([k_flat, o_flat])
 
     def assemble(self, values: Sequence[tuple]) -> EncodedPrompts:
         """Rows from per-field value tokens: for each field, (per-row index into that field's
