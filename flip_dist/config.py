@@ -72,6 +72,7 @@ class ModelConfig:
     nce_bias_init: str = "log_q"       # log_q (starts at the noise prior) | map (authors' code)
     icl_dim: int = 128                 # d (paper IV-C5)
     icl_norm: str = "l2"               # l2 (cosine) | layernorm (official code)
+    plm_dropout: Optional[float] = None  # None keeps the PLM's own; 0 for bit-comparable runs
 
     def validate(self) -> None:
         from flip_dist.models.id_models import ID_MODELS
@@ -83,6 +84,49 @@ class ModelConfig:
         _check(self.icl_norm in ("l2", "layernorm"), "model.icl_norm", "must be l2 or layernorm")
         _check(self.nce_bias_init in ("log_q", "map"), "model.nce_bias_init", "must be log_q or map")
         _check(self.icl_dim >= 1 and self.mtm_hidden >= 1, "model.icl_dim/mtm_hidden", "must be >= 1")
+        _check(self.plm_dropout is None or 0.0 <= self.plm_dropout < 1.0, "model.plm_dropout", "must be in [0, 1)")
+
+
+SHARDING_TYPES = ("auto", "row_wise", "table_wise", "column_wise", "table_row_wise", "data_parallel")
+SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
+
+
+@dataclass
+class DistConfig:
+    """The distributed runtime (Ray Train workers, TorchRec sharding, DeepSpeed)."""
+
+    num_workers: int = 2
+    cpus_per_worker: float = 0.5       # fractional on small nodes: whole CPUs deadlock Ray Data (STACK.md)
+    use_gpu: bool = False              # True: nccl, one GPU a worker
+    ds_config: str = "zero2"           # a ds_configs/ preset name or a JSON path
+    precision: Optional[str] = None    # None: the preset's; fp32 | bf16
+    sharding: str = "row_wise"         # every table; auto = the TorchRec planner decides
+    sparse_optimizer: str = "rowwise_adagrad"   # fused in backward; adam only on GPU
+    grad_accum: int = 1                # DeepSpeed micro-batches per dense step (tables step every one)
+    data: str = "ray"                  # ray: Ray Data shards | exact: every rank reads the same global
+                                       #   batch order and takes its slice (bit-comparable to one process)
+    shuffle_buffer_rows: int = 10_000  # Ray Data local shuffle buffer per worker
+    log_every: int = 10                # steps between metric reports
+    checkpoint_every: int = 0          # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2
+    storage_path: str = "runs/ray"     # Ray Train storage: checkpoints and results
+    resume: Optional[str] = None       # a checkpoint folder, or "latest" (the newest under the run)
+    stop_after: int = 0                # > 0: stop (with a checkpoint) after this many steps of this run
+
+    def validate(self) -> None:
+        _check(self.num_workers >= 1, "dist.num_workers", "must be >= 1")
+        _check(self.cpus_per_worker > 0, "dist.cpus_per_worker", "must be > 0")
+        _check(self.precision in (None, "fp32", "bf16"), "dist.precision", "must be fp32 or bf16 (fp16 is refused)")
+        _check(self.sharding in SHARDING_TYPES, "dist.sharding", f"must be one of {list(SHARDING_TYPES)}")
+        _check(self.sparse_optimizer in SPARSE_OPTIMIZERS, "dist.sparse_optimizer",
+               f"must be one of {list(SPARSE_OPTIMIZERS)}")
+        _check(self.sparse_optimizer != "adam" or self.use_gpu, "dist.sparse_optimizer",
+               "adam is a GPU-only fused optimizer in TorchRec; use rowwise_adagrad on CPU")
+        _check(self.grad_accum >= 1, "dist.grad_accum", "must be >= 1")
+        _check(self.data in ("ray", "exact"), "dist.data", "must be ray or exact")
+        _check(self.log_every >= 1, "dist.log_every", "must be >= 1")
+        _check(self.checkpoint_every >= 0 and self.keep_checkpoints >= 1 and self.stop_after >= 0,
+               "dist.checkpoint_every/keep_checkpoints/stop_after", "must be >= 0 / >= 1 / >= 0")
 
 
 @dataclass
@@ -101,6 +145,7 @@ class PretrainConfig:
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0
     seed: int = 0
+    init: Optional[str] = None         # a pretraining checkpoint to continue from (weights and heads)
     out_dir: str = "runs/pretrain"
 
     def validate(self) -> None:
@@ -149,12 +194,13 @@ def _common_train_checks(cfg: Any, section: str) -> None:
 
 @dataclass
 class FlipConfig:
-    """The whole experiment: one section per stage (runtime sections come with issue 4)."""
+    """The whole experiment: one section per stage, plus the runtime's."""
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> "FlipConfig":

@@ -71,11 +71,20 @@ class ShardReader:
     def __len__(self) -> int:
         return 0 if self.table is None else self.table.num_rows
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                drop_last: bool = False, max_rows: int = 0) -> Iterator[Batch]:
+    def batch_indices(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                      drop_last: bool = False, max_rows: int = 0) -> Iterator[np.ndarray]:
+        """Row indices of each batch: the one order a single process and N ranks (each taking a
+        slice, flip_dist.dist.worker) both follow."""
         n = min(len(self), max_rows) if max_rows else len(self)
         order = np.random.default_rng(seed).permutation(len(self))[:n] if shuffle else np.arange(n)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
-            yield table_to_batch(self.table.take(pa.array(idx)), self.pad_id)
+            yield order[start:start + batch_size]
+
+    def take(self, idx: np.ndarray) -> Batch:
+        return table_to_batch(self.table.take(pa.array(idx)), self.pad_id)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False, max_rows: int = 0) -> Iterator[Batch]:
+        for idx in self.batch_indices(batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, max_rows=max_rows):
+            yield self.take(idx)

@@ -49,6 +49,12 @@ def objectives(name: str) -> Objectives:
     return ABLATIONS[name]
 
 
+def nce_bias(counts: np.ndarray, mode: str = "log_q") -> np.ndarray:
+    """b_j from the train frequencies (see NCEOutput.init_bias); a sharded table loads its rows."""
+    q = np.maximum(counts.astype(np.float64), 1.0) / max(float(counts.sum()), 1.0)
+    return np.log(q) + (np.log(len(counts)) if mode == "map" else 0.0)
+
+
 class NCEOutput(nn.Module):
     """The NCE output table over the whole feature space (rows [o_j, b_j], see MTMHead), in a
     TorchRec collection so the runtime can shard it like the feature table."""
@@ -72,9 +78,7 @@ class NCEOutput(nn.Module):
         log(M/K) (5.3 on ML-100K, 12 at GoodReads scale), an NCE loss near K log(M/K) that the
         bias must first unlearn, and that dominates gradient clipping meanwhile."""
         weight = self.ebc.embedding_bags[NCE_TABLE].weight
-        q = np.maximum(counts.astype(np.float64), 1.0) / max(float(counts.sum()), 1.0)
-        bias = np.log(q) + (np.log(len(counts)) if mode == "map" else 0.0)
-        weight[:, -1] = torch.as_tensor(bias, dtype=weight.dtype)
+        weight[:, -1] = torch.as_tensor(nce_bias(counts, mode), dtype=weight.dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (N, C) -> rows (N, C, dim)."""
@@ -170,7 +174,8 @@ class FlipFinetuneDense(nn.Module):
         self.id_model = id_model if mode in ("flip", "flip_id") else None
         self.plm = plm if mode in ("flip", "flip_plm") else None
         self.linear_plm = nn.Linear(d_text, 1) if self.plm is not None else None
-        self.alpha_logit = nn.Parameter(torch.zeros(())) if mode == "flip" else None
+        # shape (1,), not (): DeepSpeed ZeRO cannot flatten 0-dim parameters
+        self.alpha_logit = nn.Parameter(torch.zeros(1)) if mode == "flip" else None
 
     @property
     def alpha(self) -> torch.Tensor | None:

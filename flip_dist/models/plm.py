@@ -47,7 +47,8 @@ class PLMInfo:
 
 
 def load_plm(name: str, plm_path: str | None = None, *, trust_remote_code: bool = False,
-             dtype: torch.dtype | None = None, num_layers: int = 0) -> tuple[nn.Module, PLMInfo]:
+             dtype: torch.dtype | None = None, num_layers: int = 0,
+             dropout: float | None = None) -> tuple[nn.Module, PLMInfo]:
     """(encoder returning last hidden states, info). `name`: minilm | tinybert | roberta-base |
     roberta-large | a local folder with config.json (and weights). num_layers > 0 keeps only the
     first layers (a smaller PLM for quick CPU runs; the kept layers keep their weights)."""
@@ -58,6 +59,10 @@ def load_plm(name: str, plm_path: str | None = None, *, trust_remote_code: bool 
             raise FlipConfigError(f"model.plm_layers={num_layers}: {name} has only {len(layers)} layers")
         model.encoder.layer = layers[:num_layers]
         model.config.num_hidden_layers = num_layers
+    if dropout is not None:   # e.g. 0: a run whose losses do not depend on how rows split over ranks
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = dropout
     return model, info
 
 

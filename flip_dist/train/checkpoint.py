@@ -15,11 +15,17 @@ from flip_dist.io_atomic import atomic_output_dir
 META = "meta.json"
 
 
-def save_modules(folder: str | Path, modules: dict[str, nn.Module], meta: dict[str, Any]) -> Path:
+def save_state_dicts(folder: str | Path, states: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any],
+                     extra: Any = None) -> Path:
+    """One `<name>.pt` a module (floating tensors as fp32) and meta.json; `extra(tmp)` may add
+    files (a Hugging Face folder) before the rename makes the whole folder appear at once."""
     with atomic_output_dir(folder, overwrite=True) as tmp:
-        for name, module in modules.items():
-            torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp / f"{name}.pt")
-        (tmp / META).write_text(json.dumps({**meta, "modules": sorted(modules)}, indent=2))
+        for name, state in states.items():
+            torch.save({k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu())
+                        for k, v in state.items()}, tmp / f"{name}.pt")
+        if extra is not None:
+            extra(tmp)
+        (tmp / META).write_text(json.dumps({**meta, "modules": sorted(states)}, indent=2))
     return Path(folder)
 
 

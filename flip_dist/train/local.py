@@ -24,7 +24,9 @@ from flip_dist.models.id_models import build_id_model
 from flip_dist.models.plm import load_plm
 from flip_dist.models.sampling import AliasSampler
 from flip_dist.text_assets import MINILM, ROBERTA_BPE
-from flip_dist.train.checkpoint import load_module, read_meta, save_modules
+from flip_dist.models.embedding import TABLE_NAME
+from flip_dist.models.flip import NCE_TABLE
+from flip_dist.train.checkpoint import load_module, read_meta, save_state_dicts
 from flip_dist.train.steps import TextIds, finetune_inputs, pretrain_inputs
 
 log = logging.getLogger(__name__)
@@ -41,15 +43,22 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
     return factor
 
 
+SPARSE_OPTIMIZERS = {"adam": (torch.optim.Adam, {}), "adagrad": (torch.optim.Adagrad, {"eps": 1e-8}),
+                     "sgd": (torch.optim.SGD, {})}
+
+
 def _optimizer(dense: nn.Module, sparse: nn.Module | None, cfg: Any, total_steps: int,
-               adamw: bool) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+               adamw: bool, sparse_optimizer: str = "adam") -> tuple[list[torch.optim.Optimizer], list[Any]]:
+    """Dense: AdamW (pretraining) / Adam (finetuning). Tables: Adam by default; `adagrad` or `sgd`
+    match the fused optimizers of the distributed runtime (the equivalence test)."""
     dense_params = [p for p in dense.parameters() if p.requires_grad]
     # foreach: one kernel per op over all tensors, not a Python loop per tensor (3x faster on CPU).
     opt = (torch.optim.AdamW if adamw else torch.optim.Adam)(dense_params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                                              foreach=True)
     opts = [opt]
     if sparse is not None:
-        opts.append(torch.optim.Adam(sparse.parameters(), lr=cfg.embed_lr, foreach=True))
+        opt_cls, kwargs = SPARSE_OPTIMIZERS[sparse_optimizer]
+        opts.append(opt_cls(sparse.parameters(), lr=cfg.embed_lr, foreach=True, **kwargs))
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, warmup_cosine(total_steps, cfg.warmup_ratio)) for o in opts]
     return opts, scheds
 
@@ -74,7 +83,7 @@ def _check_text(manifest: dict, info: Any) -> None:
 
 def _encoders(cfg: FlipConfig, num_fields: int) -> tuple[nn.Module, nn.Module, Any]:
     plm, info = load_plm(cfg.model.plm, cfg.model.plm_path, trust_remote_code=cfg.model.trust_remote_code,
-                         num_layers=cfg.model.plm_layers)
+                         num_layers=cfg.model.plm_layers, dropout=cfg.model.plm_dropout)
     id_model = build_id_model(cfg.model.id_model, num_fields, cfg.model.embed_dim, **cfg.model.id_params)
     return plm, id_model, info
 
@@ -108,8 +117,30 @@ def _loop(batches: Iterable, total: int, step_fn: Callable[[Any], dict[str, torc
     return history
 
 
-def pretrain_local(cfg: FlipConfig, data_dir: str | Path) -> dict[str, Any]:
-    """Pretrain on the train split of `data_dir`; save a checkpoint under cfg.pretrain.out_dir."""
+def dense_heads_state(dense: nn.Module) -> dict[str, torch.Tensor]:
+    """The dense module's own layers (heads, alpha), without the two encoders saved apart."""
+    return {k: v for k, v in dense.state_dict().items() if not k.startswith(("plm.", "id_model."))}
+
+
+def load_training_state(folder: str | Path, plm: nn.Module, id_model: nn.Module, load_table: Callable,
+                        dense: nn.Module | None) -> None:
+    """Start from a checkpoint (single-process, or a distributed export: the same files): the
+    encoders, the tables (through `load_table(name, full_weight)`, which may write into shards)
+    and, given `dense` and when the checkpoint has them, its heads (continued pretraining;
+    evaluating a finetuned model)."""
+    load_module(folder, "plm", plm)
+    load_module(folder, "id_model", id_model)
+    for name, table in (("embedding", TABLE_NAME), ("nce", NCE_TABLE)):
+        path = Path(folder) / f"{name}.pt"
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            load_table(table, state[f"ebc.embedding_bags.{table}.weight"])
+    if dense is not None and (Path(folder) / "heads.pt").is_file():
+        load_module(folder, "heads", dense, strict=False)
+
+
+def build_pretrain(cfg: FlipConfig, data_dir: str | Path, sparse_optimizer: str = "adam"
+                   ) -> tuple[FlipSparse, FlipPretrainDense, AliasSampler | None, TextIds, ShardReader]:
     pc = cfg.pretrain
     obj = objectives(pc.objectives)
     torch.manual_seed(pc.seed)
@@ -124,25 +155,47 @@ def pretrain_local(cfg: FlipConfig, data_dir: str | Path) -> dict[str, Any]:
     sampler = AliasSampler(counts) if obj.mtm else None
     dense = FlipPretrainDense(plm, id_model, info.hidden_size, info.vocab_size, m["num_fields"], obj,
                               cfg.model.nce_dim, cfg.model.mtm_hidden, cfg.model.icl_dim, pc.tau, cfg.model.icl_norm)
-    text = TextIds(int(m["text_mask_id"]), info.vocab_size)
+    if pc.init:
+        tables = {TABLE_NAME: sparse.embedding.ebc, NCE_TABLE: sparse.nce.ebc if sparse.nce is not None else None}
+
+        def load_table(name: str, weight: torch.Tensor) -> None:
+            if tables[name] is not None:
+                with torch.no_grad():
+                    tables[name].embedding_bags[name].weight.copy_(weight)
+        load_training_state(pc.init, plm, id_model, load_table, dense)
+    return sparse, dense, sampler, TextIds(int(m["text_mask_id"]), info.vocab_size), reader
+
+
+def save_pretrain(cfg: FlipConfig, folder: str | Path, sparse: FlipSparse, dense: FlipPretrainDense,
+                  data_dir: str | Path, steps: int) -> Path:
+    modules = {"embedding": sparse.embedding, "id_model": dense.id_model, "plm": dense.plm, "nce": sparse.nce}
+    states = {k: m.state_dict() for k, m in modules.items() if m is not None}
+    states["heads"] = dense_heads_state(dense)
+    return save_state_dicts(folder, states, {"stage": "pretrain", "config": asdict(cfg), "data": str(data_dir),
+                                             "steps": steps, "runtime": "local"})
+
+
+def pretrain_local(cfg: FlipConfig, data_dir: str | Path, sparse_optimizer: str = "adam") -> dict[str, Any]:
+    """Pretrain on the train split of `data_dir`; save a checkpoint under cfg.pretrain.out_dir."""
+    pc = cfg.pretrain
+    sparse, dense, sampler, text, reader = build_pretrain(cfg, data_dir)
     total = _steps(len(reader), pc)
-    opts, scheds = _optimizer(dense, sparse, pc, total, adamw=True)
+    opts, scheds = _optimizer(dense, sparse, pc, total, adamw=True, sparse_optimizer=sparse_optimizer)
     gen = torch.Generator().manual_seed(pc.seed)
 
     def step(batch):
-        inputs = pretrain_inputs(batch, sparse, sampler, obj, pc.r_text, pc.r_tab, pc.num_noise, text, gen)
+        inputs = pretrain_inputs(batch, sparse, sampler, dense.obj, pc.r_text, pc.r_tab, pc.num_noise, text, gen)
         return dense(**inputs)
 
     batches = (b for e in range(pc.epochs) for b in reader.batches(pc.batch_size, shuffle=True, seed=pc.seed + e,
                                                                     drop_last=True))
     history = _loop(batches, total, step, list(dense.parameters()) + list(sparse.parameters()), opts, scheds,
                     pc.grad_clip, f"pretrain[{pc.objectives}]") if total else []
-    ckpt = save_modules(pc.out_dir, {"embedding": sparse.embedding, "id_model": id_model, "plm": plm},
-                        {"stage": "pretrain", "config": asdict(cfg), "data": str(data_dir), "steps": len(history)})
+    ckpt = save_pretrain(cfg, pc.out_dir, sparse, dense, data_dir, len(history))
     return {"checkpoint": str(ckpt), "history": history}
 
 
-def finetune_local(cfg: FlipConfig, data_dir: str | Path) -> dict[str, Any]:
+def finetune_local(cfg: FlipConfig, data_dir: str | Path, sparse_optimizer: str = "adam") -> dict[str, Any]:
     """Finetune (cfg.finetune.mode) on train, evaluate AUC/logloss on test."""
     fc = cfg.finetune
     torch.manual_seed(fc.seed)
@@ -159,9 +212,10 @@ def finetune_local(cfg: FlipConfig, data_dir: str | Path) -> dict[str, Any]:
         load_module(fc.init, "id_model", id_model)
         if sparse is not None:
             load_module(fc.init, "embedding", sparse.embedding)
+    torch.manual_seed(fc.seed)   # the new layers depend on the seed alone (the distributed worker does the same)
     dense = FlipFinetuneDense(fc.mode, id_model, plm, info.hidden_size)
     total = _steps(len(reader), fc)
-    opts, scheds = _optimizer(dense, sparse, fc, total, adamw=False)
+    opts, scheds = _optimizer(dense, sparse, fc, total, adamw=False, sparse_optimizer=sparse_optimizer)
 
     def step(batch):
         return dense(**finetune_inputs(batch, sparse))

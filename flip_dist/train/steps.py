@@ -11,7 +11,7 @@ import torch
 from flip_dist.data.batches import Batch
 from flip_dist.data.vocab import MASK_ID
 from flip_dist.models.flip import FlipSparse, Objectives
-from flip_dist.models.masking import mask_tab_fields, mask_text_fields, mask_text_tokens
+from flip_dist.models.masking import LOCAL, RowShard, mask_tab_fields, mask_text_fields, mask_text_tokens
 from flip_dist.models.sampling import AliasSampler
 
 
@@ -32,23 +32,26 @@ def special_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def pretrain_inputs(batch: Batch, sparse: FlipSparse, sampler: AliasSampler | None, obj: Objectives,
                     r_text: float, r_tab: float, num_noise: int, text: TextIds,
-                    generator: torch.Generator | None) -> dict[str, torch.Tensor | None]:
+                    generator: torch.Generator | None, shard: RowShard = LOCAL) -> dict[str, torch.Tensor | None]:
     """Mask both modalities, look up every sparse row the step needs (one feature-table lookup
     for x and x^ together, one NCE-table lookup for all positives and noise), and return the
-    dense forward's keyword arguments."""
-    masked_ids, tab_masked = mask_tab_fields(batch.feature_ids, r_tab, MASK_ID, generator)
+    dense forward's keyword arguments. `sparse` may be sharded (its lookups are then collectives).
+    `shard`: this rank's slice of the global batch, for draws that do not depend on the split."""
+    masked_ids, tab_masked = mask_tab_fields(batch.feature_ids, r_tab, MASK_ID, generator, shard)
     if obj.field_masking:
-        tm = mask_text_fields(batch.input_ids, batch.field_spans, r_text, text.mask_token_id, generator)
+        tm = mask_text_fields(batch.input_ids, batch.field_spans, r_text, text.mask_token_id, generator, shard)
     else:
         tm = mask_text_tokens(batch.input_ids, batch.attention_mask, special_positions(batch.attention_mask),
-                              r_text, text.mask_token_id, text.vocab_size, generator)
+                              r_text, text.mask_token_id, text.vocab_size, generator, shard)
     emb = sparse.embed(torch.cat([batch.feature_ids, masked_ids]))
     B = len(batch)
     nce_rows = log_kq = None
     if obj.mtm:
         rows, fields = tab_masked.nonzero(as_tuple=True)
         positives = batch.feature_ids[rows, fields]
-        noise = sampler.sample((positives.numel(), num_noise), generator=generator)
+        # Every row masks the same number of fields, so the global draw splits evenly by rank.
+        noise = shard.rows(sampler.sample((shard.world * positives.numel(), num_noise), generator=generator),
+                           positives.numel())
         candidates = torch.cat([positives[:, None], noise], dim=1)                 # (N, 1+K)
         nce_rows = sparse.nce(candidates)
         # log(K q_j); a floor keeps a positive the sampler cannot draw (count 0) finite.

@@ -1,0 +1,1 @@
+"""Distributed runtime: Ray Train workers, TorchRec sharding, DeepSpeed engines."""

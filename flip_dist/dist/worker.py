@@ -1,0 +1,459 @@
+"""What each Ray Train worker runs: the FLIP pretraining / finetuning / evaluation loop with the
+tables sharded by TorchRec (fused optimizer in backward) and the dense side (PLM + ID model +
+heads) in a DeepSpeed engine. Same code on CPU (gloo) and GPU (nccl).
+
+The step itself is flip_dist/train/steps.py, shared with the single-process loops. Differences
+from one process, by design: the tables' fused optimizer updates rows during backward (before
+DeepSpeed's step) and is outside DeepSpeed's gradient clipping and accumulation; the tables'
+gradient is divided by the world size, so that it is the mean over the global batch like the
+dense gradient that DeepSpeed averages."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from flip_dist.config import FlipConfig, _build
+from flip_dist.data.batches import Batch, ShardReader, table_to_batch
+from flip_dist.dist.ds_config import load_ds_config, zero_stage
+from flip_dist.dist.metrics_log import MetricsLog
+from flip_dist.dist.sharding import (gather_table, has_table, load_nce_bias, set_sparse_lr, shard_sparse,
+                                     write_rows)
+from flip_dist.errors import FlipConfigError, FlipDataError
+from flip_dist.eval.metrics import CTRMetrics
+from flip_dist.models.embedding import TABLE_NAME
+from flip_dist.models.flip import NCE_TABLE, FlipFinetuneDense, FlipPretrainDense, FlipSparse, nce_bias, objectives
+from flip_dist.models.masking import RowShard
+from flip_dist.models.sampling import AliasSampler
+from flip_dist.train.checkpoint import read_meta, save_state_dicts
+from flip_dist.train.local import _check_text, _encoders, dense_heads_state, load_training_state, warmup_cosine
+from flip_dist.train.steps import TextIds, finetune_inputs, pretrain_inputs
+
+log = logging.getLogger(__name__)
+
+CKPT_MANIFEST = "flip_checkpoint.json"
+STAGES = ("pretrain", "finetune", "evaluate")
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; gradient times `scale` backward (TorchRec sums table gradients over ranks)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+@dataclass
+class WorkerEnv:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def shard(self) -> RowShard:
+        return RowShard(self.rank, self.world)
+
+
+def init_distributed(use_gpu: bool) -> WorkerEnv:
+    """Adopt the process group Ray Train made (or make one from torchrun-style variables), and
+    let DeepSpeed use it rather than start its own."""
+    import deepspeed
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_gpu else "gloo")
+    deepspeed.init_distributed(dist_backend=dist.get_backend())
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
+    if use_gpu:
+        torch.cuda.set_device(device)
+    return WorkerEnv(dist.get_rank(), dist.get_world_size(), device)
+
+
+def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
+def _peak_memory(env: WorkerEnv) -> dict[str, float]:
+    """Each rank's peak resident memory (and GPU memory) so far, in GiB, listed by rank."""
+    import resource
+
+    mine = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20]          # KiB -> GiB
+    if env.device.type == "cuda":
+        mine.append(torch.cuda.max_memory_allocated(env.device) / 2**30)
+    everyone: list[Any] = [None] * env.world
+    dist.all_gather_object(everyone, mine)
+    out = {"peak_rss_gib": max(m[0] for m in everyone), "peak_rss_gib_by_rank": [round(m[0], 3) for m in everyone]}
+    if env.device.type == "cuda":
+        out["peak_gpu_gib_by_rank"] = [round(m[1], 3) for m in everyone]
+    return out
+
+
+def _all_have(flag: bool, device: torch.device) -> bool:
+    """Every rank must run the same number of steps (lookups and ZeRO are collectives)."""
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+class Runtime:
+    """One worker's state for one stage: modules, engine, data position, logs, checkpoints."""
+
+    def __init__(self, cfg: FlipConfig, stage: str, data_dir: str, run_dir: str, resume: str | None) -> None:
+        if stage not in STAGES:
+            raise FlipConfigError(f"stage {stage!r}: one of {STAGES}")
+        self.cfg, self.stage, self.data_dir = cfg, stage, Path(data_dir)
+        self.tc = cfg.pretrain if stage == "pretrain" else cfg.finetune
+        self.env = init_distributed(cfg.dist.use_gpu)
+        self.run_dir = Path(run_dir)
+        self.log = MetricsLog(self.run_dir, enabled=self.env.rank == 0)
+        self.resume = resume
+        self.train = ShardReader(self.data_dir, "train") if cfg.dist.data == "exact" and stage != "evaluate" else None
+        from flip_dist.data.shards import read_manifest
+
+        self.manifest = read_manifest(self.data_dir)
+        self.pad_id = int(self.manifest.get("text_pad_id") or 0)
+        world_batch = self.tc.batch_size * self.env.world
+        self.steps_per_epoch = (self.manifest["num_train"] // self.env.world) // self.tc.batch_size
+        if stage != "evaluate" and self.steps_per_epoch == 0:
+            raise FlipConfigError(f"{stage}.batch_size={self.tc.batch_size} x {self.env.world} workers = {world_batch} "
+                                  f"is more than the {self.manifest['num_train']} train rows")
+        total = self.steps_per_epoch * self.tc.epochs
+        self.total_steps = min(total, self.tc.max_steps) if self.tc.max_steps else total
+        self.step = 0
+        self.gen = torch.Generator(device=self.env.device).manual_seed(self.tc.seed)   # same on every rank
+        torch.manual_seed(self.tc.seed + self.env.rank)
+
+    # ------------------------------------------------------------------ model
+    def build(self) -> None:
+        cfg, m, env = self.cfg, self.manifest, self.env
+        plm, id_model, info = _encoders(cfg, m["num_fields"])
+        _check_text(m, info)
+        self.plm, self.id_model, self.info = plm, id_model, info
+        self.text = TextIds(int(m["text_mask_id"]), info.vocab_size)
+        self.sparse = self.sampler = None
+        if self.stage == "pretrain":
+            obj = self.obj = objectives(self.tc.objectives)
+            nce_dim = cfg.model.nce_dim if obj.mtm else None
+            self.sparse = shard_sparse(lambda d: FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim,
+                                                            nce_dim, device=d),
+                                       cfg.dist, self.tc.embed_lr, dist.group.WORLD, env.device)
+            counts = np.load(self.data_dir / "feature_counts.npy")
+            if obj.mtm:
+                self.sampler = AliasSampler(counts, device=env.device)
+                load_nce_bias(self.sparse, NCE_TABLE, nce_bias(counts, cfg.model.nce_bias_init))
+            dense: nn.Module = FlipPretrainDense(plm, id_model, info.hidden_size, info.vocab_size, m["num_fields"],
+                                                 obj, cfg.model.nce_dim, cfg.model.mtm_hidden, cfg.model.icl_dim,
+                                                 self.tc.tau, cfg.model.icl_norm)
+            if self.tc.init:
+                self._load_state(self.tc.init, "pretrain", dense)
+        else:
+            mode = self.tc.mode
+            if mode != "flip_plm":
+                self.sparse = shard_sparse(lambda d: FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim,
+                                                                None, device=d),
+                                           cfg.dist, self.tc.embed_lr, dist.group.WORLD, env.device)
+            torch.manual_seed(self.tc.seed)   # the new layers from the seed alone, as in one process
+            dense = FlipFinetuneDense(mode, id_model, plm, info.hidden_size)
+            if self.stage == "evaluate" and not self.tc.init:
+                raise FlipConfigError("evaluate needs finetune.init: a finetuning export folder")
+            if self.tc.init:   # finetune starts from pretraining; evaluate loads a finetuned model
+                self._load_state(self.tc.init, "pretrain" if self.stage == "finetune" else "finetune",
+                                 dense if self.stage == "evaluate" else None)
+        self.engine = self._engine(dense)
+
+    def _engine(self, dense: nn.Module) -> Any:
+        import deepspeed
+
+        tc, dc = self.tc, self.cfg.dist
+        params = [p for p in dense.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if self.stage == "pretrain" else torch.optim.Adam
+        opt = opt_cls(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(self.total_steps, 1), tc.warmup_ratio))
+        self.ds_config = load_ds_config(dc.ds_config, micro_batch=tc.batch_size, world_size=self.env.world,
+                                        grad_accum=dc.grad_accum, grad_clip=tc.grad_clip, precision=dc.precision)
+        engine, _, _, _ = deepspeed.initialize(model=dense, optimizer=opt, lr_scheduler=sched, config=self.ds_config)
+        self.dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+        return engine
+
+    def _load_state(self, folder: str, expect: str, dense: nn.Module | None) -> None:
+        meta = read_meta(folder)
+        if meta.get("stage") != expect:
+            raise FlipConfigError(f"{folder} is a {meta.get('stage')!r} checkpoint, expected {expect!r}")
+
+        def load_table(name: str, weight: torch.Tensor) -> None:
+            if self.sparse is None or not has_table(self.sparse, name):
+                return
+            if weight.shape[0] != self.manifest["num_features"]:
+                raise FlipDataError(f"table {name} has {weight.shape[0]} rows, the dataset "
+                                    f"{self.manifest['num_features']} features: another dataset's?", path=str(folder))
+            write_rows(self.sparse, name, lambda r0, n, c0, d: weight[r0:r0 + n, c0:c0 + d])
+        load_training_state(folder, self.plm, self.id_model, load_table, dense)
+
+    # ------------------------------------------------------------------ data
+    def _sparse_view(self) -> Any:
+        return self.sparse.module if self.sparse is not None else None
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        """This rank's batches of one epoch, in order."""
+        B, env = self.tc.batch_size, self.env
+        if self.train is not None:       # exact: the single process's global batches, sliced
+            for idx in self.train.batch_indices(B * env.world, shuffle=True, seed=self.tc.seed + epoch, drop_last=True):
+                yield self.train.take(idx[env.rank * B:(env.rank + 1) * B])
+            return
+        import ray.train
+
+        shard = ray.train.get_dataset_shard("train")
+        buffer = self.cfg.dist.shuffle_buffer_rows or None
+        for table in shard.iter_batches(batch_size=B, batch_format="pyarrow", drop_last=True,
+                                        local_shuffle_buffer_size=buffer,
+                                        local_shuffle_seed=self.tc.seed + 1000 * epoch + env.rank if buffer else None):
+            yield table_to_batch(table, self.pad_id)
+
+    def _positions(self) -> Iterator[Batch]:
+        """Batches from the current step on (a resumed run skips what it already trained on)."""
+        for epoch in range(self.step // self.steps_per_epoch, self.tc.epochs):
+            skip = self.step - epoch * self.steps_per_epoch
+            for i, batch in enumerate(self.batches(epoch)):
+                if i >= skip:
+                    yield batch
+
+    # ------------------------------------------------------------------ steps
+    def _to_engine(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        scale = 1.0 / self.env.world
+        out = {}
+        for k, v in inputs.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.env.device)
+                if v.is_floating_point() and v.requires_grad:
+                    v = _ScaleGrad.apply(v, scale).to(self.dtype)
+            out[k] = v
+        return out
+
+    def pretrain_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        tc = self.tc
+        batch = batch.to(self.env.device)
+        inputs = pretrain_inputs(batch, self._sparse_view(), self.sampler, self.obj, tc.r_text, tc.r_tab,
+                                 tc.num_noise, self.text, self.gen, self.env.shard)
+        losses = self.engine(**self._to_engine(inputs))
+        self.engine.backward(losses["total"])
+        return losses
+
+    def finetune_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        batch = batch.to(self.env.device)
+        out = self.engine(**self._to_engine(finetune_inputs(batch, self._sparse_view())))
+        self.engine.backward(out["loss"])
+        return {k: v for k, v in out.items() if k.startswith("loss")}
+
+    def fit(self) -> dict[str, Any]:
+        """Train to total_steps (or stop_after steps of this run), reporting and checkpointing."""
+        step_fn = self.pretrain_step if self.stage == "pretrain" else self.finetune_step
+        factor = warmup_cosine(max(self.total_steps, 1), self.tc.warmup_ratio)
+        dc, start = self.cfg.dist, self.step
+        stop = min(self.total_steps, start + dc.stop_after) if dc.stop_after else self.total_steps
+        data = self._positions()
+        t0, seen, last = time.perf_counter(), 0, {}
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=stop, initial=start, desc=f"{self.stage}[rank {self.env.rank}]", unit="step",
+                   disable=self.env.rank != 0)
+        while self.step < stop:
+            batch = next(data, None)
+            if not _all_have(batch is not None, self.env.device):
+                break
+            if self.sparse is not None:
+                set_sparse_lr(self.sparse, self.tc.embed_lr * factor(self.step))
+            losses = step_fn(batch)
+            self.engine.step()
+            self.step += 1
+            seen += len(batch)
+            bar.update(1)
+            if self.step % dc.log_every == 0 or self.step == stop:
+                row = _mean_over_ranks({k: float(v.detach()) for k, v in losses.items() if v.dim() == 0},
+                                       self.env.device)
+                row["samples_per_s"] = seen * self.env.world / (time.perf_counter() - t0)
+                row.update(_peak_memory(self.env))
+                row["lr"] = float(self.engine.get_lr()[0])
+                last = row
+                bar.set_postfix({k: f"{row[k]:.4f}" for k in losses if k in row})
+                self.log.write(self.stage, self.step, row)
+                checkpoint = self.step == stop or (dc.checkpoint_every and self.step % dc.checkpoint_every == 0)
+                self.report(row, checkpoint=bool(checkpoint))
+            elif dc.checkpoint_every and self.step % dc.checkpoint_every == 0:
+                self.report(last, checkpoint=True)
+        bar.close()
+        return {"steps": self.step, "last": last, "finished": self.step >= self.total_steps}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """AUC / logloss on the whole test split: each global batch is split over the ranks,
+        padded to equal parts (every rank must make the same lookups), padding not counted; the
+        predictions are then gathered so every rank computes the metrics on all of them."""
+        reader = ShardReader(self.data_dir, "test")
+        env, logits, labels = self.env, [], []
+        self.engine.eval()
+        for idx in reader.batch_indices(self.tc.eval_batch_size * env.world, max_rows=self.tc.eval_rows):
+            per = -(-len(idx) // env.world)
+            padded = np.concatenate([idx, np.repeat(idx[-1:], per * env.world - len(idx))])
+            valid = max(0, min(per, len(idx) - env.rank * per))
+            batch = reader.take(padded[env.rank * per:(env.rank + 1) * per]).to(env.device)
+            out = self.engine(**self._to_engine(finetune_inputs(batch, self._sparse_view())))
+            logits.append(out["logit"][:valid].float().cpu())
+            labels.append(batch.labels[:valid].cpu())
+        self.engine.train()
+        gathered: list[Any] = [None] * env.world
+        dist.all_gather_object(gathered, (torch.cat(logits), torch.cat(labels)))
+        metrics = CTRMetrics()
+        metrics.update(torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered]))
+        result = metrics.compute()
+        dense = self.engine.module
+        if getattr(dense, "alpha", None) is not None:
+            result["alpha"] = float(dense.alpha)
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+    def report(self, metrics: dict[str, Any], checkpoint: bool) -> None:
+        """Every rank reports (Ray Train synchronises on it); with a checkpoint, every rank adds
+        its own files to one checkpoint folder that Ray registers only when all have uploaded."""
+        import ray.train
+
+        metrics = {**metrics, "step": self.step, "stage": self.stage}
+        if not checkpoint:
+            ray.train.report(metrics)
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=f"flip-ckpt-r{self.env.rank}-"))
+        try:
+            self.save_checkpoint(tmp)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def save_checkpoint(self, folder: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        if self.sparse is not None:
+            dcp.save({"tables": self.sparse.state_dict(), "optim": self.sparse.fused_optimizer.state_dict()},
+                     checkpoint_id=str(folder / "sparse"))
+        self.engine.save_checkpoint(str(folder / "dense"), tag="state")
+        torch.save({"step": self.step, "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state() if self.env.device.type == "cuda" else None},
+                   folder / f"rank{self.env.rank}.pt")
+        if self.env.rank == 0:
+            (folder / CKPT_MANIFEST).write_text(json.dumps({
+                "stage": self.stage, "step": self.step, "total_steps": self.total_steps,
+                "world_size": self.env.world, "zero_stage": zero_stage(self.ds_config),
+                "sharding": self.cfg.dist.sharding, "data": str(self.data_dir),
+                "config": asdict(self.cfg)}, indent=2))
+
+    def restore(self, folder: str) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        path = Path(folder)
+        manifest = check_checkpoint(path)
+        if manifest["stage"] != self.stage:
+            raise FlipConfigError(f"checkpoint {path} is from {manifest['stage']}, not {self.stage}")
+        if manifest["world_size"] != self.env.world:
+            raise FlipConfigError(
+                f"checkpoint {path} was written by {manifest['world_size']} workers, this run has {self.env.world}: "
+                "the tables would re-shard, but DeepSpeed ZeRO's optimizer partitions do not. Resume with "
+                f"dist.num_workers={manifest['world_size']}, or start a new run from an export.")
+        if self.sparse is not None:
+            state = {"tables": self.sparse.state_dict(), "optim": self.sparse.fused_optimizer.state_dict()}
+            dcp.load(state, checkpoint_id=str(path / "sparse"))
+            self.sparse.load_state_dict(state["tables"])
+            self.sparse.fused_optimizer.load_state_dict(state["optim"])
+        load_path, _ = self.engine.load_checkpoint(str(path / "dense"), tag="state")
+        if load_path is None:
+            raise FlipDataError("DeepSpeed found no engine state", path=str(path / "dense"))
+        mine = torch.load(path / f"rank{self.env.rank}.pt", weights_only=False)
+        self.step = int(mine["step"])
+        self.gen.set_state(mine["generator"])
+        torch.set_rng_state(mine["torch_rng"])
+        if mine["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(mine["cuda_rng"])
+
+    # ------------------------------------------------------------------ export
+    def export(self, folder: Path) -> None:
+        """Plain files other tools start from: the PLM as a Hugging Face folder and state dicts
+        (the whole tables gathered from their shards) in the single-process checkpoint format."""
+        import deepspeed
+
+        tables = {name: gather_table(self.sparse, table) for name, table in (("embedding", TABLE_NAME), ("nce", NCE_TABLE))
+                  if self.sparse is not None and has_table(self.sparse, table)}
+        dense = self.engine.module
+        params = list(dense.parameters()) if zero_stage(self.ds_config) == 3 else []
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
+            if self.env.rank != 0:
+                return
+            states = {"plm": self.plm.state_dict(), "id_model": self.id_model.state_dict(),
+                      "heads": dense_heads_state(dense)}
+            for name, table in (("embedding", TABLE_NAME), ("nce", NCE_TABLE)):
+                if name in tables:
+                    states[name] = {f"ebc.embedding_bags.{table}.weight": tables[name]}
+
+            def hf(tmp: Path) -> None:
+                plm = self.plm.float() if self.dtype != torch.float32 else self.plm
+                plm.save_pretrained(str(tmp / "plm_hf"))
+
+            save_state_dicts(folder, states, {"stage": self.stage, "config": asdict(self.cfg),
+                                              "data": str(self.data_dir), "steps": self.step,
+                                              "runtime": "distributed", "world_size": self.env.world}, extra=hf)
+
+
+def check_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's manifest, after checking that every rank's files are there."""
+    manifest_path = path / CKPT_MANIFEST
+    if not manifest_path.is_file():
+        raise FlipDataError(f"not a flip_dist checkpoint (no {CKPT_MANIFEST})", path=str(path))
+    manifest = json.loads(manifest_path.read_text())
+    missing = [f"rank{r}.pt" for r in range(manifest["world_size"]) if not (path / f"rank{r}.pt").is_file()]
+    if not (path / "dense" / "state").is_dir():
+        missing.append("dense/state/")
+    if missing:
+        raise FlipDataError(f"incomplete checkpoint: missing {missing}", path=str(path))
+    return manifest
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train's train_loop_per_worker."""
+    import ray.train
+
+    logging.basicConfig(level=logging.WARNING)
+    cfg = _build(FlipConfig, config["config"], "").validate()
+    rt = Runtime(cfg, config["stage"], config["data_dir"], config["run_dir"], config.get("resume"))
+    rt.build()
+    if rt.stage == "evaluate":
+        metrics = rt.evaluate()
+        rt.log.write("evaluate", 0, metrics)
+        ray.train.report({**metrics, "stage": "evaluate"})
+        rt.log.close()
+        return
+    if rt.resume:
+        rt.restore(rt.resume)
+    result = rt.fit()
+    if result["finished"]:
+        rt.export(rt.run_dir / "export")
+        if rt.stage == "finetune":
+            metrics = rt.evaluate()
+            rt.log.write("evaluate", rt.step, metrics)
+            ray.train.report({**metrics, "step": rt.step, "stage": "evaluate"})
+    rt.log.close()
