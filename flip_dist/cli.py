@@ -72,6 +72,31 @@ def cmd_compare_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    from flip_dist.config import load_config
+
+    overrides = list(args.set)
+    if args.ray_address:
+        overrides.append(f"ray.address={json.dumps(args.ray_address)}")
+    return load_config(args.config, overrides)
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from flip_dist.dist.trainer import run_pipeline, run_stage
+
+    cfg = _train_config(args)
+    if args.command == "pipeline":
+        result = run_pipeline(cfg)
+        summary = {k: (v.get("evaluation") or v.get("metrics")) if isinstance(v, dict) and "stage" in v else v
+                   for k, v in result.items()}
+    else:
+        result = run_stage(cfg, args.command, args.data or cfg.preprocess.out_dir)
+        summary = {k: result[k] for k in ("evaluation", "checkpoint", "export", "metrics_log")} | \
+                  {"last": result["metrics"]}
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flip-dist", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -96,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", default="runs/compare-local")
     cmp_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     cmp_.set_defaults(func=cmd_compare_local)
+
+    helps = {"pretrain": "distributed FLIP pretraining (Ray Train + TorchRec + DeepSpeed)",
+             "finetune": "distributed finetuning from finetune.init; evaluates at the end",
+             "evaluate": "AUC / logloss of a finetuned export (finetune.init) on the test split",
+             "pipeline": "preprocess -> pretrain -> finetune -> evaluate"}
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", help="YAML experiment file")
+        if name != "pipeline":
+            p.add_argument("--data", help="processed dataset folder (default: the config's preprocess.out_dir)")
+        p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config key, e.g. --set dist.num_workers=4")
+        p.set_defaults(func=cmd_stage)
     return parser
 
 

@@ -87,7 +87,7 @@ class ModelConfig:
         _check(self.plm_dropout is None or 0.0 <= self.plm_dropout < 1.0, "model.plm_dropout", "must be in [0, 1)")
 
 
-SHARDING_TYPES = ("auto", "row_wise", "table_wise", "column_wise", "table_row_wise", "data_parallel")
+SHARDING_TYPES = ("auto", "row_wise", "table_wise", "column_wise", "table_row_wise", "data_parallel", "none")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 
 
@@ -100,7 +100,8 @@ class DistConfig:
     use_gpu: bool = False              # True: nccl, one GPU a worker
     ds_config: str = "zero2"           # a ds_configs/ preset name or a JSON path
     precision: Optional[str] = None    # None: the preset's; fp32 | bf16
-    sharding: str = "row_wise"         # every table; auto = the TorchRec planner decides
+    sharding: str = "row_wise"         # every table; auto = the TorchRec planner decides; none = replicated
+                                       #   plain tables (GPUs without fbgemm's CUDA kernels)
     sparse_optimizer: str = "rowwise_adagrad"   # fused in backward; adam only on GPU
     grad_accum: int = 1                # DeepSpeed micro-batches per dense step (tables step every one)
     data: str = "ray"                  # ray: Ray Data shards | exact: every rank reads the same global
@@ -120,7 +121,7 @@ class DistConfig:
         _check(self.sharding in SHARDING_TYPES, "dist.sharding", f"must be one of {list(SHARDING_TYPES)}")
         _check(self.sparse_optimizer in SPARSE_OPTIMIZERS, "dist.sparse_optimizer",
                f"must be one of {list(SPARSE_OPTIMIZERS)}")
-        _check(self.sparse_optimizer != "adam" or self.use_gpu, "dist.sparse_optimizer",
+        _check(self.sparse_optimizer != "adam" or self.use_gpu or self.sharding == "none", "dist.sparse_optimizer",
                "adam is a GPU-only fused optimizer in TorchRec; use rowwise_adagrad on CPU")
         _check(self.grad_accum >= 1, "dist.grad_accum", "must be >= 1")
         _check(self.data in ("ray", "exact"), "dist.data", "must be ray or exact")

@@ -22,7 +22,8 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+        # address="local": always a private instance, never a cluster that `ray start` left running
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  _temp_dir=cfg.temp_dir, logging_level=logging.WARNING, log_to_driver=True)
     try:
         yield

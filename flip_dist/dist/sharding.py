@@ -24,7 +24,7 @@ for noisy in ("torchrec", "torchrec.distributed", "torchrec.distributed.planner"
 def _sparse_optimizer(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     import torchrec.optim
 
-    return {"rowwise_adagrad": (torchrec.optim.RowWiseAdagrad, {"eps": 1e-8}),
+    return {"rowwise_adagrad": (torchrec.optim.RowWiseAdagrad, {"eps": 1e-8}),   # also plain (dense) here
             "adagrad": (torch.optim.Adagrad, {"eps": 1e-8}),
             "sgd": (torch.optim.SGD, {}),
             "adam": (torch.optim.Adam, {})}[name]
@@ -71,6 +71,24 @@ def sharding_plan(module: nn.Module, cfg: DistConfig, pg: dist.ProcessGroup, dev
                               f"{device.type} with {world} workers: {e}") from e
 
 
+class ReplicatedTables(nn.Module):
+    """dist.sharding=none: every worker holds the whole tables (plain torch EmbeddingBags) and a
+    plain optimizer; gradients are averaged over ranks after backward. For small vocabularies, and
+    for GPUs without fbgemm's CUDA kernels. Same interface as the DistributedModelParallel."""
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__()
+        self.module, self.fused_optimizer = module, optimizer
+
+    def after_backward(self) -> None:
+        if dist.get_world_size() > 1:
+            for p in self.module.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)        # the runtime already scaled by 1 / world size
+        self.fused_optimizer.step()
+        self.fused_optimizer.zero_grad(set_to_none=True)
+
+
 def shard_sparse(build: Callable[[torch.device], nn.Module], cfg: DistConfig, lr: float,
                  pg: dist.ProcessGroup, device: torch.device) -> nn.Module:
     """build("meta") -> the tables, each rank materialising only its shards, with a fused
@@ -79,8 +97,11 @@ def shard_sparse(build: Callable[[torch.device], nn.Module], cfg: DistConfig, lr
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.types import ShardingEnv
 
-    module = build(torch.device("meta"))
     opt_cls, opt_kwargs = _sparse_optimizer(cfg.sparse_optimizer)
+    if cfg.sharding == "none":
+        module = build(device)
+        return ReplicatedTables(module, opt_cls(module.parameters(), lr=lr, **opt_kwargs))
+    module = build(torch.device("meta"))
     for _, ebc in _collections(module):
         _apply_optimizer_in_backward(opt_cls, ebc.parameters(), {"lr": lr, **opt_kwargs})
     plan = sharding_plan(module, cfg, pg, device)

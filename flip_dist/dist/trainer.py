@@ -79,7 +79,10 @@ def run_stage(cfg: FlipConfig, stage: str, data_dir: str | Path) -> dict[str, An
 
         datasets = {}
         if dc.data == "ray" and stage != "evaluate":
-            datasets["train"] = ray.data.read_parquet(shard_files(data_dir, "train"), columns=ShardReader.COLUMNS)
+            # Block order reshuffled each epoch (the dataset re-executes), rows within a worker's
+            # local shuffle buffer (dist.shuffle_buffer_rows).
+            datasets["train"] = ray.data.read_parquet(shard_files(data_dir, "train"),
+                                                      columns=ShardReader.COLUMNS).randomize_block_order()
         trainer = TorchTrainer(
             worker_loop,
             train_loop_config={"config": cfg.to_dict(), "stage": stage, "data_dir": str(data_dir),

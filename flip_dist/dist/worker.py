@@ -92,6 +92,16 @@ def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
 
 
+def _under_ray_train() -> bool:
+    try:
+        import ray.train
+
+        ray.train.get_context().get_world_size()
+        return True
+    except Exception:       # no Ray installed, or not inside a Ray Train worker
+        return False
+
+
 def _peak_memory(env: WorkerEnv) -> dict[str, float]:
     """Each rank's peak resident memory (and GPU memory) so far, in GiB, listed by rank."""
     import resource
@@ -187,7 +197,9 @@ class Runtime:
         params = [p for p in dense.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if self.stage == "pretrain" else torch.optim.Adam
         opt = opt_cls(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(self.total_steps, 1), tc.warmup_ratio))
+        # DeepSpeed steps the schedule once per optimizer step, i.e. every grad_accum micro-batches
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, warmup_cosine(max(self.total_steps // dc.grad_accum, 1), tc.warmup_ratio))
         self.ds_config = load_ds_config(dc.ds_config, micro_batch=tc.batch_size, world_size=self.env.world,
                                         grad_accum=dc.grad_accum, grad_clip=tc.grad_clip, precision=dc.precision)
         engine, _, _, _ = deepspeed.initialize(model=dense, optimizer=opt, lr_scheduler=sched, config=self.ds_config)
@@ -237,15 +249,18 @@ class Runtime:
                     yield batch
 
     # ------------------------------------------------------------------ steps
+    SPARSE_OUTPUTS = ("emb", "emb_masked", "nce_rows")
+
     def _to_engine(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        scale = 1.0 / self.env.world
-        out = {}
-        for k, v in inputs.items():
-            if isinstance(v, torch.Tensor):
-                v = v.to(self.env.device)
-                if v.is_floating_point() and v.requires_grad:
-                    v = _ScaleGrad.apply(v, scale).to(self.dtype)
-            out[k] = v
+        """The table lookups in the engine's dtype, their gradient scaled (see the module doc);
+        everything else as it is (log K q stays fp32: bf16 would round it by ~0.06)."""
+        out = dict(inputs)
+        for k in self.SPARSE_OUTPUTS:
+            v = out.get(k)
+            if v is not None:
+                if v.requires_grad:
+                    v = _ScaleGrad.apply(v, 1.0 / self.env.world)
+                out[k] = v.to(self.dtype)
         return out
 
     def pretrain_step(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -266,7 +281,8 @@ class Runtime:
     def fit(self) -> dict[str, Any]:
         """Train to total_steps (or stop_after steps of this run), reporting and checkpointing."""
         step_fn = self.pretrain_step if self.stage == "pretrain" else self.finetune_step
-        factor = warmup_cosine(max(self.total_steps, 1), self.tc.warmup_ratio)
+        accum = self.cfg.dist.grad_accum      # steps below count micro-batches
+        factor = warmup_cosine(max(self.total_steps // accum, 1), self.tc.warmup_ratio)
         dc, start = self.cfg.dist, self.step
         stop = min(self.total_steps, start + dc.stop_after) if dc.stop_after else self.total_steps
         data = self._positions()
@@ -280,8 +296,10 @@ class Runtime:
             if not _all_have(batch is not None, self.env.device):
                 break
             if self.sparse is not None:
-                set_sparse_lr(self.sparse, self.tc.embed_lr * factor(self.step))
+                set_sparse_lr(self.sparse, self.tc.embed_lr * factor(self.step // accum))
             losses = step_fn(batch)
+            if hasattr(self.sparse, "after_backward"):     # replicated tables: a plain optimizer
+                self.sparse.after_backward()
             self.engine.step()
             self.step += 1
             seen += len(batch)
@@ -334,9 +352,13 @@ class Runtime:
     def report(self, metrics: dict[str, Any], checkpoint: bool) -> None:
         """Every rank reports (Ray Train synchronises on it); with a checkpoint, every rank adds
         its own files to one checkpoint folder that Ray registers only when all have uploaded."""
+        metrics = {**metrics, "step": self.step, "stage": self.stage}
+        if not _under_ray_train():
+            if checkpoint:
+                self._save_checkpoint_locally()
+            return
         import ray.train
 
-        metrics = {**metrics, "step": self.step, "stage": self.stage}
         if not checkpoint:
             ray.train.report(metrics)
             return
@@ -346,6 +368,21 @@ class Runtime:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _save_checkpoint_locally(self) -> None:
+        """Outside Ray Train (torchrun, one-GPU checks): run_dir/checkpoints/step-N, written into a
+        hidden folder every rank shares, renamed when all have finished."""
+        final = self.run_dir / "checkpoints" / f"step-{self.step:08d}"
+        tmp = final.parent / f".{final.name}.tmp"
+        if self.env.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        self.save_checkpoint(tmp)
+        dist.barrier()
+        if self.env.rank == 0:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
 
     def save_checkpoint(self, folder: Path) -> None:
         import torch.distributed.checkpoint as dcp
@@ -410,9 +447,8 @@ class Runtime:
                 if name in tables:
                     states[name] = {f"ebc.embedding_bags.{table}.weight": tables[name]}
 
-            def hf(tmp: Path) -> None:
-                plm = self.plm.float() if self.dtype != torch.float32 else self.plm
-                plm.save_pretrained(str(tmp / "plm_hf"))
+            def hf(tmp: Path) -> None:   # fp32 copies: the engine keeps training/evaluating its bf16 module
+                self.plm.save_pretrained(str(tmp / "plm_hf"), state_dict={k: v.float() for k, v in states["plm"].items()})
 
             save_state_dicts(folder, states, {"stage": self.stage, "config": asdict(self.cfg),
                                               "data": str(self.data_dir), "steps": self.step,
@@ -434,9 +470,7 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def worker_loop(config: dict[str, Any]) -> None:
-    """Ray Train's train_loop_per_worker."""
-    import ray.train
-
+    """Ray Train's train_loop_per_worker; also runs under torchrun or as one process."""
     logging.basicConfig(level=logging.WARNING)
     cfg = _build(FlipConfig, config["config"], "").validate()
     rt = Runtime(cfg, config["stage"], config["data_dir"], config["run_dir"], config.get("resume"))
@@ -444,7 +478,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     if rt.stage == "evaluate":
         metrics = rt.evaluate()
         rt.log.write("evaluate", 0, metrics)
-        ray.train.report({**metrics, "stage": "evaluate"})
+        rt.report(metrics, checkpoint=False)
         rt.log.close()
         return
     if rt.resume:
@@ -455,5 +489,5 @@ def worker_loop(config: dict[str, Any]) -> None:
         if rt.stage == "finetune":
             metrics = rt.evaluate()
             rt.log.write("evaluate", rt.step, metrics)
-            ray.train.report({**metrics, "step": rt.step, "stage": "evaluate"})
+            rt.report(metrics, checkpoint=False)
     rt.log.close()

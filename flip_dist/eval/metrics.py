@@ -9,7 +9,9 @@ from torchmetrics.classification import BinaryAUROC
 
 class CTRMetrics:
     def __init__(self) -> None:
-        self.auc = BinaryAUROC()
+        # No syncing inside torchmetrics: the distributed runtime gathers the predictions itself
+        # (torchmetrics would all_gather CPU tensors, which an nccl group cannot carry).
+        self.auc = BinaryAUROC(sync_on_compute=False)
         self.loss_sum = 0.0
         self.count = 0
 
