@@ -12,7 +12,7 @@ from flip_dist.config import RayConfig
 @contextmanager
 def ray_session(cfg: RayConfig) -> Iterator[None]:
     """Use the running Ray (`ray job submit` sets RAY_ADDRESS), else start a local one for the
-    duration: loopback only, no dashboard. Shuts down only what it started."""
+    duration: loopback only. Shuts down only what it started."""
     import ray
 
     if ray.is_initialized():
@@ -23,7 +23,10 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         # address="local": always a private instance, never a cluster that `ray start` left running
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+        # The dashboard (loopback only) serves the state API that Ray Train's placement-group
+        # cleaner polls; without it that actor warns every few seconds.
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 _node_ip_address="127.0.0.1",
                  _temp_dir=cfg.temp_dir, logging_level=logging.WARNING, log_to_driver=True)
     try:
         yield

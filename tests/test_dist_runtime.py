@@ -110,10 +110,10 @@ def _evaluate_export(cfg, data, export):
     from flip_dist.data.batches import ShardReader
     from flip_dist.models.flip import FlipFinetuneDense, FlipSparse
     from flip_dist.train.checkpoint import load_module
-    from flip_dist.train.local import _encoders, evaluate
+    from flip_dist.train.local import build_encoders, evaluate
 
     m = ShardReader(data, "test").manifest
-    plm, id_model, info = _encoders(cfg, m["num_fields"])
+    plm, id_model, info = build_encoders(cfg, m)
     sparse = FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim, None)
     dense = FlipFinetuneDense("flip", id_model, plm, info.hidden_size)
     for name, module in (("plm", plm), ("id_model", id_model), ("embedding", sparse.embedding)):

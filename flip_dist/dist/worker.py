@@ -37,7 +37,7 @@ from flip_dist.models.flip import NCE_TABLE, FlipFinetuneDense, FlipPretrainDens
 from flip_dist.models.masking import RowShard
 from flip_dist.models.sampling import AliasSampler
 from flip_dist.train.checkpoint import read_meta, save_state_dicts
-from flip_dist.train.local import _check_text, _encoders, dense_heads_state, load_training_state, warmup_cosine
+from flip_dist.train.local import build_encoders, dense_heads_state, load_training_state, warmup_cosine
 from flip_dist.train.steps import TextIds, finetune_inputs, pretrain_inputs
 
 log = logging.getLogger(__name__)
@@ -155,17 +155,14 @@ class Runtime:
     # ------------------------------------------------------------------ model
     def build(self) -> None:
         cfg, m, env = self.cfg, self.manifest, self.env
-        plm, id_model, info = _encoders(cfg, m["num_fields"])
-        _check_text(m, info)
+        plm, id_model, info = build_encoders(cfg, m)
         self.plm, self.id_model, self.info = plm, id_model, info
         self.text = TextIds(int(m["text_mask_id"]), info.vocab_size)
         self.sparse = self.sampler = None
         if self.stage == "pretrain":
             obj = self.obj = objectives(self.tc.objectives)
             nce_dim = cfg.model.nce_dim if obj.mtm else None
-            self.sparse = shard_sparse(lambda d: FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim,
-                                                            nce_dim, device=d),
-                                       cfg.dist, self.tc.embed_lr, dist.group.WORLD, env.device)
+            self.sparse = self._tables(nce_dim)
             counts = np.load(self.data_dir / "feature_counts.npy")
             if obj.mtm:
                 self.sampler = AliasSampler(counts, device=env.device)
@@ -177,10 +174,10 @@ class Runtime:
                 self._load_state(self.tc.init, "pretrain", dense)
         else:
             mode = self.tc.mode
+            if self.stage == "evaluate" and self.tc.init:    # the mode the export was finetuned in
+                mode = read_meta(self.tc.init).get("config", {}).get("finetune", {}).get("mode", mode)
             if mode != "flip_plm":
-                self.sparse = shard_sparse(lambda d: FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim,
-                                                                None, device=d),
-                                           cfg.dist, self.tc.embed_lr, dist.group.WORLD, env.device)
+                self.sparse = self._tables(None)
             torch.manual_seed(self.tc.seed)   # the new layers from the seed alone, as in one process
             dense = FlipFinetuneDense(mode, id_model, plm, info.hidden_size)
             if self.stage == "evaluate" and not self.tc.init:
@@ -189,6 +186,11 @@ class Runtime:
                 self._load_state(self.tc.init, "pretrain" if self.stage == "finetune" else "finetune",
                                  dense if self.stage == "evaluate" else None)
         self.engine = self._engine(dense)
+
+    def _tables(self, nce_dim: int | None) -> nn.Module:
+        m, cfg = self.manifest, self.cfg
+        return shard_sparse(lambda d: FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim, nce_dim, device=d),
+                            cfg.dist, self.tc.embed_lr, dist.group.WORLD, self.env.device)
 
     def _engine(self, dense: nn.Module) -> Any:
         import deepspeed

@@ -81,10 +81,13 @@ def _check_text(manifest: dict, info: Any) -> None:
                               "preprocess with the PLM's tokenizer (--tokenizer)")
 
 
-def _encoders(cfg: FlipConfig, num_fields: int) -> tuple[nn.Module, nn.Module, Any]:
+def build_encoders(cfg: FlipConfig, manifest: dict) -> tuple[nn.Module, nn.Module, Any]:
+    """The PLM and the ID model for a processed dataset, after checking that its token ids are
+    the PLM's (every runtime builds them here)."""
     plm, info = load_plm(cfg.model.plm, cfg.model.plm_path, trust_remote_code=cfg.model.trust_remote_code,
                          num_layers=cfg.model.plm_layers, dropout=cfg.model.plm_dropout)
-    id_model = build_id_model(cfg.model.id_model, num_fields, cfg.model.embed_dim, **cfg.model.id_params)
+    _check_text(manifest, info)
+    id_model = build_id_model(cfg.model.id_model, manifest["num_fields"], cfg.model.embed_dim, **cfg.model.id_params)
     return plm, id_model, info
 
 
@@ -146,8 +149,7 @@ def build_pretrain(cfg: FlipConfig, data_dir: str | Path, sparse_optimizer: str 
     torch.manual_seed(pc.seed)
     reader = ShardReader(data_dir, "train")
     m = reader.manifest
-    plm, id_model, info = _encoders(cfg, m["num_fields"])
-    _check_text(m, info)
+    plm, id_model, info = build_encoders(cfg, m)
     counts = np.load(Path(data_dir) / "feature_counts.npy")
     sparse = FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim, cfg.model.nce_dim if obj.mtm else None)
     if sparse.nce is not None:
@@ -201,8 +203,7 @@ def finetune_local(cfg: FlipConfig, data_dir: str | Path, sparse_optimizer: str 
     torch.manual_seed(fc.seed)
     reader = ShardReader(data_dir, "train")
     m = reader.manifest
-    plm, id_model, info = _encoders(cfg, m["num_fields"])
-    _check_text(m, info)
+    plm, id_model, info = build_encoders(cfg, m)
     sparse = FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim, None) if fc.mode != "flip_plm" else None
     if fc.init:
         meta = read_meta(fc.init)
