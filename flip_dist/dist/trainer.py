@@ -71,7 +71,7 @@ def run_stage(cfg: FlipConfig, stage: str, data_dir: str | Path) -> dict[str, An
             raise FlipConfigError(f"checkpoint {resume} was written by {written_by} workers, this run has "
                                   f"{cfg.dist.num_workers}: DeepSpeed ZeRO's optimizer partitions do not re-shard. "
                                   f"Resume with dist.num_workers={written_by}, or start a new run from an export.")
-    run_name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name, started = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}", time.time()
     dc = cfg.dist
     with ray_session(cfg.ray):
         import ray
@@ -98,11 +98,14 @@ def run_stage(cfg: FlipConfig, stage: str, data_dir: str | Path) -> dict[str, An
         )
         result = trainer.fit()
         del ray
+    export = run_dir / "export"
+    export_meta = export / "meta.json"
     logged = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
     evaluation = next((r for r in reversed(logged) if r["stage"] == "evaluate"), None)
     summary = {"stage": stage, "metrics": result.metrics, "evaluation": evaluation, "run": str(storage / run_name),
                "checkpoint": result.checkpoint.path if result.checkpoint else None,
-               "export": str(run_dir / "export") if (run_dir / "export" / "meta.json").is_file() else None,
+               "export": str(export) if stage != "evaluate" and export_meta.is_file()
+               and export_meta.stat().st_mtime >= started else None,        # this run's, not an older one
                "metrics_log": str(run_dir / "metrics.jsonl")}
     write_json_atomic(run_dir / f"{stage}_result.json", summary)
     return summary
@@ -120,6 +123,9 @@ def run_pipeline(cfg: FlipConfig) -> dict[str, Any]:
                                  if k in ("num_samples", "num_train", "num_test", "num_features", "timings")}
         pre = run_stage(cfg, "pretrain", data_dir)
         out["pretrain"] = pre
+        if pre["export"] is None:
+            raise FlipConfigError("pretraining stopped before its last step (dist.stop_after), so there is no "
+                                  f"export to finetune from; resume it with dist.resume=latest ({pre['checkpoint']})")
         ft_cfg = copy.deepcopy(cfg)
         ft_cfg.finetune.init = pre["export"]
         ft_cfg.dist.resume = None
