@@ -249,6 +249,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         staging_dir.mkdir()
         parts = balanced_parts(reader, raw, cfg.part_bytes, cfg.num_workers)
         context_ref = ray.put(reader.context(raw))
+        lap("context")
         results = run_bounded(_parse_part, [(cfg.dataset, p, context_ref, cfg.seed, str(staging_dir),
                                              cfg.staging_rows, cfg.batch_rows) for p in parts],
                               cfg.num_workers, desc=f"parse {cfg.dataset}")
@@ -284,6 +285,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         if (manifest["num_train"], manifest["num_test"]) != (n_train, n_test):
             raise FlipDataError(f"wrote {manifest['num_train']}/{manifest['num_test']} rows, "
                                 f"expected {n_train}/{n_test}", path=str(out))
+        lap("manifest")
         manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
         manifest["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
         write_json_atomic(out / MANIFEST, manifest)
