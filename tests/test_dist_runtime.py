@@ -167,3 +167,18 @@ def test_planner_sharding_and_ray_data_feed(ml100k_processed, ray_local, tmp_pat
     assert [r["step"] for r in rows] == [1, 2]
     assert all(np.isfinite(r["total"]) and r["samples_per_s"] > 0 for r in rows)
     assert result["checkpoint"] is not None and result["export"] is not None
+
+
+@pytest.mark.parametrize("over, stage, message", [
+    ({"dist.ds_config": "zero9"}, "pretrain", "zero9"),
+    ({"pretrain.batch_size": 100_000}, "pretrain", "needs more than"),
+    ({}, "evaluate", "evaluate needs finetune.init"),
+    ({"finetune.init": "INIT"}, "evaluate", "is a 'pretrain' checkpoint, expected 'finetune'"),
+])
+def test_bad_runs_fail_before_any_worker_starts(ml100k_processed, initial, tmp_path, over, stage, message):
+    from flip_dist.dist.trainer import run_stage
+    from flip_dist.errors import FlipConfigError
+
+    over = {k: (str(initial) if v == "INIT" else v) for k, v in over.items()}
+    with pytest.raises(FlipConfigError, match=message):
+        run_stage(_cfg(tmp_path, **over), stage, ml100k_processed)

@@ -49,6 +49,31 @@ def latest_checkpoint(storage: Path, stage: str) -> Path:
     return max(found)[2]
 
 
+def preflight(cfg: FlipConfig, stage: str, data_dir: Path) -> None:
+    """What can be checked before any worker starts (a worker's error arrives wrapped in Ray
+    Train's, after tens of seconds): the dataset, the DeepSpeed preset, the checkpoint to start from."""
+    from flip_dist.dist.ds_config import load_ds_config
+    from flip_dist.dist.worker import STAGES
+    from flip_dist.train.checkpoint import read_meta
+
+    if stage not in STAGES:
+        raise FlipConfigError(f"stage {stage!r}: one of {STAGES}")
+    manifest = read_manifest(data_dir)       # names the folder if it is not a processed dataset
+    tc = cfg.pretrain if stage == "pretrain" else cfg.finetune
+    load_ds_config(cfg.dist.ds_config, micro_batch=tc.batch_size, world_size=cfg.dist.num_workers,
+                   grad_accum=cfg.dist.grad_accum, grad_clip=tc.grad_clip, precision=cfg.dist.precision)
+    if stage != "evaluate" and manifest["num_train"] // cfg.dist.num_workers < tc.batch_size:
+        raise FlipConfigError(f"{stage}.batch_size={tc.batch_size} on {cfg.dist.num_workers} workers needs more than "
+                              f"the {manifest['num_train']} train rows of {data_dir}")
+    if stage == "evaluate" and not tc.init:
+        raise FlipConfigError("evaluate needs finetune.init: a finetuning export folder")
+    if tc.init:
+        expected = {"pretrain": "pretrain", "finetune": "pretrain", "evaluate": "finetune"}[stage]
+        found = read_meta(tc.init).get("stage")
+        if found != expected:
+            raise FlipConfigError(f"{stage}.init {tc.init} is a {found!r} checkpoint, expected {expected!r}")
+
+
 def run_stage(cfg: FlipConfig, stage: str, data_dir: str | Path) -> dict[str, Any]:
     """Run one stage on `cfg.dist.num_workers` Ray Train workers; returns the final metrics and
     where the checkpoint and export are. Needs no Ray session: starts or joins one."""
@@ -56,7 +81,7 @@ def run_stage(cfg: FlipConfig, stage: str, data_dir: str | Path) -> dict[str, An
     from ray.train.torch import TorchTrainer
 
     data_dir = Path(data_dir).resolve()
-    read_manifest(data_dir)   # fails early, naming the folder, if it is not a processed dataset
+    preflight(cfg, stage, data_dir)
     tc = cfg.pretrain if stage == "pretrain" else cfg.finetune
     run_dir = Path(tc.out_dir).resolve()
     storage = Path(cfg.dist.storage_path).resolve()
