@@ -12,5 +12,5 @@ export RAY_AUTH_MODE=disabled
 if [ "$#" -gt 0 ]; then
     exec "$py" -m pytest "$@"
 fi
-"$py" -m pytest
-"$py" -m pytest -m e2e
+"$py" -m pytest -ra
+"$py" -m pytest -ra -m e2e
