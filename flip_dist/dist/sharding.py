@@ -47,16 +47,12 @@ def sharding_plan(module: nn.Module, cfg: DistConfig, pg: dist.ProcessGroup, dev
     from torchrec.distributed.types import ShardingPlan
 
     world = dist.get_world_size(pg)
-    if cfg.sharding == "row_wise" and device.type == "cpu" or cfg.sharding == "data_parallel":
-        gen = row_wise() if cfg.sharding == "row_wise" else data_parallel()
-        plan = {name: construct_module_sharding_plan(ebc, {t.name: gen for t in ebc.embedding_bag_configs()},
-                                                     local_size=world, world_size=world, device_type=device.type)
-                for name, ebc in _collections(module)}
-        return ShardingPlan(plan)
-    if cfg.sharding == "table_wise" and world == 1:
-        gen = table_wise(rank=0)
+    by_hand = {"row_wise": row_wise, "data_parallel": data_parallel, "table_wise": lambda: table_wise(rank=0)}
+    if (cfg.sharding == "row_wise" and device.type == "cpu") or cfg.sharding == "data_parallel" \
+            or (cfg.sharding == "table_wise" and world == 1):
+        gen = by_hand[cfg.sharding]()
         return ShardingPlan({name: construct_module_sharding_plan(
-            ebc, {t.name: gen for t in ebc.embedding_bag_configs()}, local_size=1, world_size=1,
+            ebc, {t.name: gen for t in ebc.embedding_bag_configs()}, local_size=world, world_size=world,
             device_type=device.type) for name, ebc in _collections(module)})
     constraints = None
     if cfg.sharding != "auto":
