@@ -9,6 +9,7 @@ each rank, not of the global batch, so its gradient weights the two halves sligh
 from __future__ import annotations
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
@@ -76,7 +77,7 @@ def test_pretrain_two_sharded_workers_match_one_process(ml100k_processed, pretra
     local = copy.deepcopy(cfg)
     local.pretrain.batch_size = B * cfg.dist.num_workers
     local.pretrain.out_dir = str(folder / "local")
-    history = pretrain_local(local, ml100k_processed, sparse_optimizer="adagrad")["history"]
+    history = pretrain_local(local, ml100k_processed, sparse_opt="adagrad")["history"]
     _assert_same(_rows(folder / "pre", "pretrain"), history, ("mlm", "mtm", "icl", "total"))
     # The export is the single-process checkpoint format, with the tables gathered whole.
     emb = torch.load(f"{result['export']}/embedding.pt", weights_only=True)["ebc.embedding_bags.features.weight"]
@@ -94,7 +95,7 @@ def test_finetune_two_sharded_workers_match_one_process(ml100k_processed, initia
     result = run_stage(cfg, "finetune", ml100k_processed)
     local = copy.deepcopy(cfg)
     local.finetune.batch_size = B * cfg.dist.num_workers
-    ref = finetune_local(local, ml100k_processed, sparse_optimizer="adagrad")
+    ref = finetune_local(local, ml100k_processed, sparse_opt="adagrad")
     _assert_same(_rows(tmp_path / "ft", "finetune"), ref["history"], ("loss", "loss_id", "loss_plm"))
     ours = _rows(tmp_path / "ft", "evaluate")[-1]
     assert result["evaluation"]["auc"] == ours["auc"]
@@ -132,8 +133,9 @@ def test_resume_continues_the_loss_curve(ml100k_processed, pretrained, ray_local
     cut.pretrain.out_dir = str(folder / "cut")
     cut.dist.storage_path = str(folder / "ray-cut")
     cut.dist.stop_after = 2
+    shutil.copytree(folder / "pre" / "export", folder / "cut" / "export")   # an older run's export
     first = run_stage(cut, "pretrain", ml100k_processed)
-    assert first["export"] is None and first["checkpoint"] is not None
+    assert first["export"] is None and first["checkpoint"] is not None      # not reported as this run's
     cut.dist.stop_after = 0
     cut.dist.resume = "latest"
     run_stage(cut, "pretrain", ml100k_processed)
@@ -198,3 +200,14 @@ def test_replicated_tables_match_sharded_ones(ml100k_processed, pretrained, ray_
     ours, sharded = _rows(folder / "replicated", "pretrain"), _rows(folder / "pre", "pretrain")
     for key in ("mlm", "mtm", "icl", "total"):
         np.testing.assert_allclose([r[key] for r in ours], [r[key] for r in sharded], rtol=1e-4, err_msg=key)
+
+
+def test_pipeline_refuses_to_finetune_a_pretraining_that_stopped_early(ml100k_processed, ray_local, tmp_path):
+    from flip_dist.dist.trainer import run_pipeline
+    from flip_dist.errors import FlipConfigError
+
+    cfg = _cfg(tmp_path, **{"preprocess.out_dir": str(ml100k_processed), "preprocess.overwrite": False,
+                            "dist.stop_after": 1})
+    with pytest.raises(FlipConfigError, match="stopped before its last step"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "ft").exists()          # no finetuning started

@@ -14,20 +14,12 @@ from torch import nn
 
 from flip_dist.config import DistConfig
 from flip_dist.errors import FlipConfigError
+from flip_dist.train.local import sparse_optimizer
 
 log = logging.getLogger(__name__)
 
 for noisy in ("torchrec", "torchrec.distributed", "torchrec.distributed.planner", "fbgemm_gpu"):
     logging.getLogger(noisy).setLevel(logging.ERROR)   # a long dump per table otherwise
-
-
-def _sparse_optimizer(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    import torchrec.optim
-
-    return {"rowwise_adagrad": (torchrec.optim.RowWiseAdagrad, {"eps": 1e-8}),   # also plain (dense) here
-            "adagrad": (torch.optim.Adagrad, {"eps": 1e-8}),
-            "sgd": (torch.optim.SGD, {}),
-            "adam": (torch.optim.Adam, {})}[name]
 
 
 def _collections(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -93,7 +85,7 @@ def shard_sparse(build: Callable[[torch.device], nn.Module], cfg: DistConfig, lr
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.types import ShardingEnv
 
-    opt_cls, opt_kwargs = _sparse_optimizer(cfg.sparse_optimizer)
+    opt_cls, opt_kwargs = sparse_optimizer(cfg.sparse_optimizer)
     if cfg.sharding == "none":
         module = build(device)
         return ReplicatedTables(module, opt_cls(module.parameters(), lr=lr, **opt_kwargs))

@@ -209,10 +209,6 @@ class Runtime:
         return engine
 
     def _load_state(self, folder: str, expect: str, dense: nn.Module | None) -> None:
-        meta = read_meta(folder)
-        if meta.get("stage") != expect:
-            raise FlipConfigError(f"{folder} is a {meta.get('stage')!r} checkpoint, expected {expect!r}")
-
         def load_table(name: str, weight: torch.Tensor) -> None:
             if self.sparse is None or not has_table(self.sparse, name):
                 return
@@ -220,7 +216,7 @@ class Runtime:
                 raise FlipDataError(f"table {name} has {weight.shape[0]} rows, the dataset "
                                     f"{self.manifest['num_features']} features: another dataset's?", path=str(folder))
             write_rows(self.sparse, name, lambda r0, n, c0, d: weight[r0:r0 + n, c0:c0 + d])
-        load_training_state(folder, self.plm, self.id_model, load_table, dense)
+        load_training_state(folder, expect, self.plm, self.id_model, load_table, dense)
 
     # ------------------------------------------------------------------ data
     def _sparse_view(self) -> Any:

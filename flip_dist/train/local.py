@@ -43,12 +43,19 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
     return factor
 
 
-SPARSE_OPTIMIZERS = {"adam": (torch.optim.Adam, {}), "adagrad": (torch.optim.Adagrad, {"eps": 1e-8}),
-                     "sgd": (torch.optim.SGD, {})}
+def sparse_optimizer(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The tables' optimizer by name, for both runtimes: the single process steps it after
+    backward, the distributed one hands it to TorchRec, which fuses it into the backward pass."""
+    import torchrec.optim
+
+    return {"rowwise_adagrad": (torchrec.optim.RowWiseAdagrad, {"eps": 1e-8}),
+            "adagrad": (torch.optim.Adagrad, {"eps": 1e-8}),
+            "sgd": (torch.optim.SGD, {}),
+            "adam": (torch.optim.Adam, {})}[name]
 
 
 def _optimizer(dense: nn.Module, sparse: nn.Module | None, cfg: Any, total_steps: int,
-               adamw: bool, sparse_optimizer: str = "adam") -> tuple[list[torch.optim.Optimizer], list[Any]]:
+               adamw: bool, sparse_opt: str = "adam") -> tuple[list[torch.optim.Optimizer], list[Any]]:
     """Dense: AdamW (pretraining) / Adam (finetuning). Tables: Adam by default; `adagrad` or `sgd`
     match the fused optimizers of the distributed runtime (the equivalence test)."""
     dense_params = [p for p in dense.parameters() if p.requires_grad]
@@ -57,8 +64,8 @@ def _optimizer(dense: nn.Module, sparse: nn.Module | None, cfg: Any, total_steps
                                                              foreach=True)
     opts = [opt]
     if sparse is not None:
-        opt_cls, kwargs = SPARSE_OPTIMIZERS[sparse_optimizer]
-        opts.append(opt_cls(sparse.parameters(), lr=cfg.embed_lr, foreach=True, **kwargs))
+        opt_cls, kwargs = sparse_optimizer(sparse_opt)
+        opts.append(opt_cls(sparse.parameters(), lr=cfg.embed_lr, **kwargs))
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, warmup_cosine(total_steps, cfg.warmup_ratio)) for o in opts]
     return opts, scheds
 
@@ -125,12 +132,15 @@ def dense_heads_state(dense: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in dense.state_dict().items() if not k.startswith(("plm.", "id_model."))}
 
 
-def load_training_state(folder: str | Path, plm: nn.Module, id_model: nn.Module, load_table: Callable,
-                        dense: nn.Module | None) -> None:
+def load_training_state(folder: str | Path, expect: str, plm: nn.Module, id_model: nn.Module,
+                        load_table: Callable, dense: nn.Module | None) -> None:
     """Start from a checkpoint (single-process, or a distributed export: the same files): the
     encoders, the tables (through `load_table(name, full_weight)`, which may write into shards)
     and, given `dense` and when the checkpoint has them, its heads (continued pretraining;
-    evaluating a finetuned model)."""
+    evaluating a finetuned model). `expect`: the stage that must have written it."""
+    found = read_meta(folder).get("stage")
+    if found != expect:
+        raise FlipConfigError(f"{folder} is a {found!r} checkpoint, expected {expect!r}")
     load_module(folder, "plm", plm)
     load_module(folder, "id_model", id_model)
     for name, table in (("embedding", TABLE_NAME), ("nce", NCE_TABLE)):
@@ -142,7 +152,17 @@ def load_training_state(folder: str | Path, plm: nn.Module, id_model: nn.Module,
         load_module(folder, "heads", dense, strict=False)
 
 
-def build_pretrain(cfg: FlipConfig, data_dir: str | Path, sparse_optimizer: str = "adam"
+def _table_loader(sparse: FlipSparse | None) -> Callable[[str, torch.Tensor], None]:
+    """load_table for whole, unsharded tables (the distributed worker writes into its shards)."""
+    def load(name: str, weight: torch.Tensor) -> None:
+        for module in (sparse.embedding, sparse.nce) if sparse is not None else ():
+            if module is not None and name in module.ebc.embedding_bags:
+                with torch.no_grad():
+                    module.ebc.embedding_bags[name].weight.copy_(weight)
+    return load
+
+
+def build_pretrain(cfg: FlipConfig, data_dir: str | Path
                    ) -> tuple[FlipSparse, FlipPretrainDense, AliasSampler | None, TextIds, ShardReader]:
     pc = cfg.pretrain
     obj = objectives(pc.objectives)
@@ -158,13 +178,7 @@ def build_pretrain(cfg: FlipConfig, data_dir: str | Path, sparse_optimizer: str 
     dense = FlipPretrainDense(plm, id_model, info.hidden_size, info.vocab_size, m["num_fields"], obj,
                               cfg.model.nce_dim, cfg.model.mtm_hidden, cfg.model.icl_dim, pc.tau, cfg.model.icl_norm)
     if pc.init:
-        tables = {TABLE_NAME: sparse.embedding.ebc, NCE_TABLE: sparse.nce.ebc if sparse.nce is not None else None}
-
-        def load_table(name: str, weight: torch.Tensor) -> None:
-            if tables[name] is not None:
-                with torch.no_grad():
-                    tables[name].embedding_bags[name].weight.copy_(weight)
-        load_training_state(pc.init, plm, id_model, load_table, dense)
+        load_training_state(pc.init, "pretrain", plm, id_model, _table_loader(sparse), dense)
     return sparse, dense, sampler, TextIds(int(m["text_mask_id"]), info.vocab_size), reader
 
 
@@ -177,12 +191,12 @@ def save_pretrain(cfg: FlipConfig, folder: str | Path, sparse: FlipSparse, dense
                                              "steps": steps, "runtime": "local"})
 
 
-def pretrain_local(cfg: FlipConfig, data_dir: str | Path, sparse_optimizer: str = "adam") -> dict[str, Any]:
+def pretrain_local(cfg: FlipConfig, data_dir: str | Path, sparse_opt: str = "adam") -> dict[str, Any]:
     """Pretrain on the train split of `data_dir`; save a checkpoint under cfg.pretrain.out_dir."""
     pc = cfg.pretrain
     sparse, dense, sampler, text, reader = build_pretrain(cfg, data_dir)
     total = _steps(len(reader), pc)
-    opts, scheds = _optimizer(dense, sparse, pc, total, adamw=True, sparse_optimizer=sparse_optimizer)
+    opts, scheds = _optimizer(dense, sparse, pc, total, adamw=True, sparse_opt=sparse_opt)
     gen = torch.Generator().manual_seed(pc.seed)
 
     def step(batch):
@@ -197,7 +211,7 @@ def pretrain_local(cfg: FlipConfig, data_dir: str | Path, sparse_optimizer: str 
     return {"checkpoint": str(ckpt), "history": history}
 
 
-def finetune_local(cfg: FlipConfig, data_dir: str | Path, sparse_optimizer: str = "adam") -> dict[str, Any]:
+def finetune_local(cfg: FlipConfig, data_dir: str | Path, sparse_opt: str = "adam") -> dict[str, Any]:
     """Finetune (cfg.finetune.mode) on train, evaluate AUC/logloss on test."""
     fc = cfg.finetune
     torch.manual_seed(fc.seed)
@@ -206,17 +220,11 @@ def finetune_local(cfg: FlipConfig, data_dir: str | Path, sparse_optimizer: str 
     plm, id_model, info = build_encoders(cfg, m)
     sparse = FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim, None) if fc.mode != "flip_plm" else None
     if fc.init:
-        meta = read_meta(fc.init)
-        if meta.get("stage") != "pretrain":
-            raise FlipConfigError(f"finetune.init {fc.init} is not a pretraining checkpoint")
-        load_module(fc.init, "plm", plm)
-        load_module(fc.init, "id_model", id_model)
-        if sparse is not None:
-            load_module(fc.init, "embedding", sparse.embedding)
+        load_training_state(fc.init, "pretrain", plm, id_model, _table_loader(sparse), None)
     torch.manual_seed(fc.seed)   # the new layers depend on the seed alone (the distributed worker does the same)
     dense = FlipFinetuneDense(fc.mode, id_model, plm, info.hidden_size)
     total = _steps(len(reader), fc)
-    opts, scheds = _optimizer(dense, sparse, fc, total, adamw=False, sparse_optimizer=sparse_optimizer)
+    opts, scheds = _optimizer(dense, sparse, fc, total, adamw=False, sparse_opt=sparse_opt)
 
     def step(batch):
         return dense(**finetune_inputs(batch, sparse))
