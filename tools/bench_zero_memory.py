@@ -187,52 +187,6 @@ PARTS = {"preprocess": part_preprocess, "baseline": part_baseline, "estimate": p
 
 
 # ---------------------------------------------------------------------------- driver
-class WorkerRSSSampler:
-    """From outside: every `interval` s, the current RSS of each Ray Train worker process in the
-    tree under `pid` (a timeline, to see when the peak happens: building, partitioning, steps)."""
-
-    def __init__(self, pid: int, interval: float = 1.0) -> None:
-        import threading
-
-        import psutil
-
-        self.root, self.interval = psutil.Process(pid), interval
-        self.samples: list[tuple[float, int, float]] = []      # (unix time, pid, RSS GiB)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "WorkerRSSSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            try:
-                procs = self.root.children(recursive=True)
-            except psutil.NoSuchProcess:
-                return
-            now = time.time()
-            for p in procs:
-                try:
-                    if "RayTrainWorker" in " ".join(p.cmdline()[:1]):
-                        self.samples.append((now, p.pid, p.memory_info().rss / GIB))
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    pass
-            self._stop.wait(self.interval)
-
-    def peaks(self) -> dict[int, float]:
-        out: dict[int, float] = {}
-        for _, pid, rss in self.samples:
-            out[pid] = max(out.get(pid, 0.0), rss)
-        return out
-
-
 def run_part(args: argparse.Namespace, part: str, extra: list[str], result: Path, meter: bool = False) -> dict:
     """This script again, in a fresh process; its JSON result, and its tree's peak PSS if metered."""
     from flip_dist.proc_meter import TreeMemoryMeter
@@ -258,9 +212,9 @@ def run_part(args: argparse.Namespace, part: str, extra: list[str], result: Path
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         peak = sampler = None
         if meter:
-            with TreeMemoryMeter(proc.pid, interval=1.0) as m, WorkerRSSSampler(proc.pid) as sampler:
+            with TreeMemoryMeter(proc.pid, interval=1.0, timeline="RayTrainWorker") as sampler:
                 proc.wait()
-            peak = m.peak_tree_pss / GIB
+            peak = sampler.peak_tree_pss / GIB
         else:
             proc.wait()
     wall = time.perf_counter() - t0
@@ -272,8 +226,11 @@ def run_part(args: argparse.Namespace, part: str, extra: list[str], result: Path
     if peak is not None:
         out["tree_peak_pss_gib"] = peak
     if sampler is not None:
-        out["worker_rss_timeline"] = sampler.samples
-        out["worker_rss_peak_sampled_gib"] = sorted(sampler.peaks().values(), reverse=True)
+        out["worker_rss_timeline"] = [(t, pid, rss / GIB) for t, pid, rss in sampler.timeline]
+        peaks: dict[int, float] = {}
+        for _, pid, rss in out["worker_rss_timeline"]:
+            peaks[pid] = max(peaks.get(pid, 0.0), rss)
+        out["worker_rss_peak_sampled_gib"] = sorted(peaks.values(), reverse=True)
     return out
 
 
