@@ -44,7 +44,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from flip_dist.ray_runtime import ray_session
 
     cfg = preprocess_config_from_args(args)
-    with ray_session(cfg.ray):
+    with ray_session(cfg.ray, dashboard=False):
         manifest = preprocess(cfg.preprocess)
     keys = ("dataset", "num_samples", "num_train", "num_test", "num_fields", "num_features",
             "positive_rate", "dropped", "timings")

@@ -1,14 +1,29 @@
 """Run a function as Ray tasks over many argument tuples, at most `limit` at a time, with progress."""
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
-# One runtime env for every CPU task of a job, so that Ray reuses the same warm worker processes
-# across stages (a different env means new processes, each paying seconds of imports). The
-# tokenizer must not spawn its own threads inside a worker that holds one CPU.
-WORKER_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}}
+ONE_CPU_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}
+
+
+def one_cpu_worker() -> None:
+    """A task holds one CPU: keep the tokenizer's Rust thread pool to it. Set inside the worker, not
+    as a Ray runtime env: a runtime env makes Ray start new worker processes for the first stage
+    (a second of imports each, while the stage waits) instead of those it prestarted at init."""
+    for key, value in ONE_CPU_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def _on_one_cpu(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def task(*args: Any) -> Any:
+        one_cpu_worker()
+        return fn(*args)
+    return task
 
 
 def run_bounded(fn: Callable[..., Any], arg_list: Sequence[tuple], limit: int, desc: str,
@@ -16,7 +31,7 @@ def run_bounded(fn: Callable[..., Any], arg_list: Sequence[tuple], limit: int, d
     """Results in argument order. Bounded in-flight tasks keep memory flat however many parts."""
     import ray
 
-    remote = ray.remote(num_cpus=num_cpus, max_retries=0, runtime_env=WORKER_ENV)(fn)
+    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_on_one_cpu(fn))
     results: list[Any] = [None] * len(arg_list)
     pending: dict[Any, int] = {}
     todo = list(enumerate(arg_list))[::-1]

@@ -10,9 +10,11 @@ from flip_dist.config import RayConfig
 
 
 @contextmanager
-def ray_session(cfg: RayConfig) -> Iterator[None]:
+def ray_session(cfg: RayConfig, *, dashboard: bool = True) -> Iterator[None]:
     """Use the running Ray (`ray job submit` sets RAY_ADDRESS), else start a local one for the
-    duration: loopback only. Shuts down only what it started."""
+    duration: loopback only. Shuts down only what it started. `dashboard=False` (data jobs, which
+    use neither it nor metrics) leaves out the dashboard and the metrics export, CPU that the
+    workers of a small node would otherwise share."""
     import ray
 
     if ray.is_initialized():
@@ -25,8 +27,8 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         # address="local": always a private instance, never a cluster that `ray start` left running
         # The dashboard (loopback only) serves the state API that Ray Train's placement-group
         # cleaner polls; without it that actor warns every few seconds.
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1",
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 _node_ip_address="127.0.0.1", _system_config={"enable_metrics_collection": dashboard},
                  _temp_dir=cfg.temp_dir, logging_level=logging.WARNING, log_to_driver=True)
     try:
         yield

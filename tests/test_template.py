@@ -97,12 +97,12 @@ def test_partly_truncated_value_gets_an_empty_span(minilm):
 def test_vocabulary_token_table_gives_the_same_prompts(ml100k_staging, minilm):
     """The fast path (tokens of known values from a per-dataset table) equals tokenizing values."""
     from flip_dist.data.template import TokenTable
-    from flip_dist.data.vocab import Vocabulary, count_values, oov_id
+    from flip_dist.data.vocab import Vocabulary, oov_id
 
     reader, res = ml100k_staging
     fields = reader.spec.fields
     train, test = res.table.slice(0, 5_000), res.table.slice(60_000, 3000)
-    vocab = Vocabulary.build(count_values(train, fields), fields, min_count=1)
+    vocab = Vocabulary.build(train, fields, min_count=1)
     prompts = PromptTokenizer(minilm, reader.spec.field_texts, 128)
     values = vocab.table.sort_by("feature_id")["value"].to_pylist()
     known = TokenTable.concat([prompts.tokenize_values(values[:2000]), prompts.tokenize_values(values[2000:])])

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from flip_dist.data.vocab import MASK_ID, NUM_RESERVED, PAD_ID, Vocabulary, count_values, oov_id
+from flip_dist.data.vocab import MASK_ID, NUM_RESERVED, PAD_ID, Vocabulary, oov_id
 
 
 def test_layout_order_and_min_count(ml100k_staging, tmp_path):
     reader, res = ml100k_staging
     fields = reader.spec.fields
-    v = Vocabulary.build(count_values(res.table, fields), fields, min_count=5)
+    v = Vocabulary.build(res.table, fields, min_count=5)
     t = v.table.sort_by("feature_id")
     assert t["feature_id"].to_pylist() == list(range(v.num_features))
     assert t["value"][PAD_ID].as_py() == "<PAD>" and t["value"][MASK_ID].as_py() == "<MASK>"
@@ -43,7 +43,7 @@ def test_encode_matches_a_plain_dict_and_unseen_values_go_to_oov(ml100k_staging)
     reader, res = ml100k_staging
     fields = reader.spec.fields
     train, test = res.table.slice(0, 50_000), res.table.slice(50_000)
-    v = Vocabulary.build(count_values(train, fields), fields, min_count=1)
+    v = Vocabulary.build(train, fields, min_count=1)
     lookup = {(r["field"], r["value"]): r["feature_id"] for r in v.table.to_pylist()}
     got = v.encode(test)
     for j, f in enumerate(fields):
@@ -54,6 +54,6 @@ def test_encode_matches_a_plain_dict_and_unseen_values_go_to_oov(ml100k_staging)
 
 def test_empty_field_vocabulary_maps_everything_to_oov():
     t = pa.table({"a": ["x", "y"]})
-    v = Vocabulary.build(count_values(t, ["a"]), ["a"], min_count=3)
+    v = Vocabulary.build(t, ["a"], min_count=3)
     assert v.num_features == NUM_RESERVED + 1
     assert v.encode(pa.table({"a": ["x", "z"]})).tolist() == [[oov_id(0)], [oov_id(0)]]

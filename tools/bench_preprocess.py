@@ -2,7 +2,13 @@
 """Preprocessing throughput on synthetic GoodReads-format data: 1 vs 2 Ray workers on the same
 input, at several sizes, with peak memory. Prints a table and ratios; writes JSON and a PNG.
 
-    python tools/bench_preprocess.py [--rows 1000000 4000000] [--workers 1 2] [--work data/bench]
+    python tools/bench_preprocess.py [--rows 1000000 4000000] [--workers 1 2] [--repeat 3] [--work data/bench]
+
+Timed runs are interleaved (1, 2, 1, 2, ...) and each figure is the median over `--repeat` rounds,
+since a shared 2-vCPU machine drifts by 10-15% between minutes; a ratio is the median of the rounds'
+ratios. Memory is measured in one more run per configuration, not in the timed ones: sampling PSS
+reads every process's smaps, which stalls the workers' page faults, and cost 2 workers 10% of
+their speed-up when it ran beside the timed runs.
 
 Targets (issue 2): 2 workers >= 1.8x one worker; cost linear in rows; peak RSS < 4 GiB at 4M rows.
 Each run is a fresh `flip-dist preprocess` process with its own local Ray, measured from outside.
@@ -10,7 +16,9 @@ Each run is a fresh `flip-dist preprocess` process with its own local Ray, measu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -36,7 +44,7 @@ def raw_data(work: Path, rows: int, seed: int) -> Path:
     return folder
 
 
-def run_once(raw: Path, out: Path, workers: int, args: argparse.Namespace) -> dict:
+def run_once(raw: Path, out: Path, workers: int, args: argparse.Namespace, measure_memory: bool) -> dict:
     cmd = [sys.executable, "-m", "flip_dist.cli", "preprocess", "--dataset", "goodreads",
            "--raw", str(raw), "--out", str(out), "--overwrite", "--workers", str(workers),
            "--tokenizer", args.tokenizer, "--max-length", str(args.max_length),
@@ -45,21 +53,25 @@ def run_once(raw: Path, out: Path, workers: int, args: argparse.Namespace) -> di
            "--set", f"ray.num_cpus={args.cpus}"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with TreeMemoryMeter(proc.pid) as meter:
+    meter = TreeMemoryMeter(proc.pid) if measure_memory else contextlib.nullcontext()
+    with meter:
         stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"preprocess failed ({proc.returncode}):\n{stderr[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
-    return {"wall_s": wall, "pipeline_s": manifest["timings"]["total_s"], "timings": manifest["timings"],
-            "num_samples": manifest["num_samples"], "num_features": manifest["num_features"],
-            "peak_tree_pss_gib": meter.peak_tree_pss / GIB, "peak_process_rss_gib": meter.peak_process_rss / GIB}
+    r = {"wall_s": wall, "pipeline_s": manifest["timings"]["total_s"], "timings": manifest["timings"],
+         "num_samples": manifest["num_samples"], "num_features": manifest["num_features"], "metered": measure_memory}
+    if measure_memory:
+        r.update(peak_tree_pss_gib=meter.peak_tree_pss / GIB, peak_process_rss_gib=meter.peak_process_rss / GIB)
+    return r
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; figures are medians")
     ap.add_argument("--work", type=Path, default=Path("data/bench"))
     ap.add_argument("--tokenizer", default="minilm")
     ap.add_argument("--max-length", type=int, default=256)
@@ -73,27 +85,44 @@ def main() -> int:
     results = []
     for rows in args.rows:
         raw = raw_data(args.work, rows, args.seed)
-        for w in args.workers:
-            r = run_once(raw, args.work / "out", w, args)
-            r.update(rows=rows, workers=w, rows_per_s=rows / r["pipeline_s"])
-            results.append(r)
-            print(f"rows={rows:>10,} workers={w}  pipeline {r['pipeline_s']:7.1f} s  wall {r['wall_s']:7.1f} s  "
-                  f"{r['rows_per_s']:9,.0f} raw rows/s  peak tree PSS {r['peak_tree_pss_gib']:.2f} GiB  "
-                  f"peak process RSS {r['peak_process_rss_gib']:.2f} GiB  stages {r['timings']}", flush=True)
+        for rnd in [*range(args.repeat), "memory"]:
+            for w in args.workers:
+                r = run_once(raw, args.work / "out", w, args, measure_memory=rnd == "memory")
+                r.update(rows=rows, workers=w, round=rnd, rows_per_s=rows / r["pipeline_s"])
+                results.append(r)
+                mem = (f"  peak tree PSS {r['peak_tree_pss_gib']:.2f} GiB  peak process RSS "
+                       f"{r['peak_process_rss_gib']:.2f} GiB" if r["metered"] else "")
+                print(f"rows={rows:>10,} workers={w} round {rnd}  pipeline {r['pipeline_s']:7.1f} s  "
+                      f"wall {r['wall_s']:7.1f} s  {r['rows_per_s']:9,.0f} raw rows/s{mem}  "
+                      f"stages {r['timings']}", flush=True)
 
-    by = {(r["rows"], r["workers"]): r for r in results}
-    print("\nspeed-up of the most workers over one (target >= 1.8):")
+    def runs(rows: int, w: int) -> list[dict]:
+        return [r for r in results if r["rows"] == rows and r["workers"] == w and not r["metered"]]
+
+    def median_s(rows: int, w: int) -> float:
+        return statistics.median(r["pipeline_s"] for r in runs(rows, w))
+
     wmax = max(args.workers)
+    print(f"\nmedian pipeline seconds over {args.repeat} round(s), and the speed-up of {wmax} workers over one "
+          f"(target >= 1.8; median of the rounds' ratios, and each round's):")
     for rows in args.rows:
-        if (rows, 1) in by and (rows, wmax) in by:
-            print(f"  {rows:>10,} rows: {by[(rows, 1)]['pipeline_s'] / by[(rows, wmax)]['pipeline_s']:.2f}x")
+        line = "  ".join(f"{w} worker(s) {median_s(rows, w):6.1f} s" for w in args.workers)
+        if 1 in args.workers and wmax > 1:
+            ratios = [a["pipeline_s"] / b["pipeline_s"] for a, b in zip(runs(rows, 1), runs(rows, wmax))]
+            stages = {k: statistics.median(r["timings"][k] for r in runs(rows, 1))
+                      / statistics.median(r["timings"][k] for r in runs(rows, wmax))
+                      for k in runs(rows, 1)[0]["timings"] if k != "total_s"}
+            line += (f"  speed-up {statistics.median(ratios):.2f}x  (rounds: "
+                     f"{', '.join(f'{x:.2f}' for x in ratios)}; per stage: "
+                     f"{', '.join(f'{k[:-2]} {v:.2f}' for k, v in stages.items())})")
+        print(f"  {rows:>10,} rows: {line}")
     if len(args.rows) > 1:
         lo, hi = min(args.rows), max(args.rows)
         print(f"\ncost growth {lo:,} -> {hi:,} rows (linear = {hi / lo:.1f}x; per-row cost ratio 1.0):")
         for w in args.workers:
-            ratio = by[(hi, w)]["pipeline_s"] / by[(lo, w)]["pipeline_s"]
+            ratio = median_s(hi, w) / median_s(lo, w)
             print(f"  workers={w}: time x{ratio:.2f}, per-row cost ratio {ratio / (hi / lo):.2f}")
-    peak = max(r["peak_tree_pss_gib"] for r in results if r["rows"] == max(args.rows))
+    peak = max(r["peak_tree_pss_gib"] for r in results if r["rows"] == max(args.rows) and r["metered"])
     print(f"\npeak memory of the whole process tree at {max(args.rows):,} rows: {peak:.2f} GiB (target < 4)")
 
     (args.work / "bench_preprocess.json").write_text(json.dumps(results, indent=2))
@@ -109,10 +138,13 @@ def _plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    for w in sorted({r["workers"] for r in results}):
-        rs = sorted((r for r in results if r["workers"] == w), key=lambda r: r["rows"])
-        ax[0].plot([r["rows"] for r in rs], [r["rows_per_s"] for r in rs], "o-", label=f"{w} worker(s)")
-        ax[1].plot([r["rows"] for r in rs], [r["peak_tree_pss_gib"] for r in rs], "o-", label=f"{w} worker(s)")
+    for w in sorted({r["workers"] for r in results}):   # medians as lines, every run as a dot
+        sizes = sorted({r["rows"] for r in results})
+        for a, key in ((ax[0], "rows_per_s"), (ax[1], "peak_tree_pss_gib")):
+            rs = [r for r in results if r["workers"] == w and r["metered"] == (key != "rows_per_s")]
+            line, = a.plot(sizes, [statistics.median(r[key] for r in rs if r["rows"] == n) for n in sizes],
+                           "-", label=f"{w} worker(s)")
+            a.scatter([r["rows"] for r in rs], [r[key] for r in rs], s=12, color=line.get_color())
     ax[0].set(xlabel="raw interactions", ylabel="raw rows / s", title="preprocess throughput")
     ax[1].axhline(4, color="red", ls="--", lw=1, label="4 GiB target")
     ax[1].set(xlabel="raw interactions", ylabel="GiB", title="peak memory (process tree PSS)")

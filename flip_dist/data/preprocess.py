@@ -2,7 +2,8 @@
 
 1. parse: Ray tasks turn raw parts (files or line-aligned byte ranges) into staging Parquet;
 2. split: the driver reads only the sort keys and finds the 90% cut (chronological, or seeded);
-3. vocabulary: Ray tasks count train values per staging file; the driver merges the counts;
+3. vocabulary: Ray tasks, each over a group of fields, count train values over the staging files
+   and keep the frequent ones; the driver lays the fields' blocks end to end;
 4. tokenize vocabulary: Ray tasks tokenize every vocabulary value once;
 5. encode: a Ray Data pass maps each staging file to feature ids, token ids and field spans and
    writes its train and test shards.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,10 +33,10 @@ from flip_dist.data.readers import get_reader
 from flip_dist.data.readers.base import DatasetSpec
 from flip_dist.data.shards import MANIFEST, split_summary
 from flip_dist.data.template import PromptTokenizer, TokenTable
-from flip_dist.data.vocab import MASK_ID, PAD_ID, Vocabulary, count_values, oov_id
+from flip_dist.data.vocab import MASK_ID, PAD_ID, FieldValues, Vocabulary, merge_counts, oov_id, value_counts
 from flip_dist.errors import FlipDataError
 from flip_dist.io_atomic import atomic_output_dir, write_json_atomic
-from flip_dist.parallel import WORKER_ENV, run_bounded
+from flip_dist.parallel import one_cpu_worker, run_bounded
 from flip_dist.text_assets import load_tokenizer, resolve_tokenizer
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ def balanced_parts(reader: Any, raw: Path, target_bytes: int, workers: int) -> l
 
 # ---------------------------------------------------------------- stage 2: split
 def find_cut(files: list[str], train_ratio: float) -> tuple[SplitCut, int, int]:
+    """The (order, row_id) of the first test row: a selection (np.partition), not a sort."""
     keys = pq.ParquetDataset(files).read(columns=["order", "row_id"])
     n = keys.num_rows
     n_train = int(n * train_ratio)
@@ -96,14 +99,54 @@ def find_cut(files: list[str], train_ratio: float) -> tuple[SplitCut, int, int]:
         raise FlipDataError(f"{n} usable rows are too few to split {train_ratio:.0%}/{1 - train_ratio:.0%}",
                             path=str(Path(files[0]).parent) if files else None)
     order, row_id = keys["order"].to_numpy(), keys["row_id"].to_numpy()
-    k = np.lexsort((row_id, order))[n_train]
-    return SplitCut(int(order[k]), int(row_id[k])), n_train, n - n_train
+    cut_order = np.partition(order, n_train)[n_train]
+    before = int(np.count_nonzero(order < cut_order))
+    cut_row = np.sort(row_id[order == cut_order])[n_train - before]   # ties go by row id
+    return SplitCut(int(cut_order), int(cut_row)), n_train, n - n_train
 
 
 # ---------------------------------------------------------------- stage 3: vocabulary
-def _count_train(path: str, fields: tuple[str, ...], cut: SplitCut) -> pa.Table:
-    table = pq.read_table(path)
-    return count_values(table.filter(pa.array(cut.is_train(table))), fields)
+def _count_fields(fields: tuple[str, ...], files: list[str], cut: SplitCut, min_count: int) -> list[FieldValues]:
+    """Count some fields' train values file by file (those columns and the sort keys read once per
+    file) and keep the values seen `min_count` times. A field's partial counts are merged whenever
+    they outgrow its merged table, so memory follows distinct values, not rows."""
+    merged: dict[str, list[pa.Table]] = {f: [] for f in fields}
+    pending: dict[str, list[pa.Table]] = {f: [] for f in fields}
+    for path in files:
+        t = pq.read_table(path, columns=[*fields, "order", "row_id"])
+        t = t.filter(pa.array(cut.is_train(t)))
+        for f in fields:
+            pending[f].append(value_counts(t[f]))
+            if sum(c.num_rows for c in pending[f]) > max(sum(c.num_rows for c in merged[f]), 1 << 20):
+                merged[f], pending[f] = [merge_counts(merged[f] + pending[f])], []
+    return [FieldValues.keep(f, merge_counts(merged[f] + pending[f]), min_count) for f in fields]
+
+
+def field_groups(files: list[str], fields: tuple[str, ...], n_groups: int) -> list[tuple[str, ...]]:
+    """Fields dealt into `n_groups` tasks of about equal work, biggest column first (Parquet's
+    uncompressed size in the first staging file stands for the field's share of the work)."""
+    meta = pq.ParquetFile(files[0]).metadata
+    names = meta.schema.to_arrow_schema().names
+    size = {f: sum(meta.row_group(g).column(names.index(f)).total_uncompressed_size
+                   for g in range(meta.num_row_groups)) for f in fields}
+    groups: list[list[str]] = [[] for _ in range(min(n_groups, len(fields)))]
+    load = [0] * len(groups)
+    for f in sorted(fields, key=lambda f: -size[f]):
+        i = load.index(min(load))
+        groups[i].append(f)
+        load[i] += size[f]
+    return [tuple(g) for g in groups]
+
+
+def build_vocabulary(files: list[str], fields: tuple[str, ...], cut: SplitCut, min_count: int,
+                     workers: int) -> Vocabulary:
+    """Tasks over groups of fields (two per worker, for balance); the driver lays the fields'
+    blocks end to end."""
+    groups = field_groups(files, fields, 2 * workers)
+    done = run_bounded(_count_fields, [(g, files, cut, min_count) for g in groups], workers,
+                       desc="count train values")
+    kept = {fv.field: fv for part in done for fv in part}
+    return Vocabulary.from_fields([kept[f] for f in fields])
 
 
 # ---------------------------------------------------------------- stage 4: encode
@@ -184,6 +227,7 @@ class _EncodeUnits:
         self.units, self.args = units, args  # object refs inside a list: Ray passes them through unresolved
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        one_cpu_worker()
         rows = [_encode_unit(*self.args, self.units[i]) for i in batch["unit"].to_pylist()]
         return pa.table({"train": [r["train"] for r in rows], "test": [r["test"] for r in rows]})
 
@@ -208,6 +252,11 @@ def token_table(vocab: Vocabulary, tokenizer: PromptTokenizer, workers: int) -> 
 def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, vocab: Vocabulary,
                       tokenizer: PromptTokenizer, known: TokenTable, out: Path) -> int:
     """One Ray Data pass over balanced encode units, `num_workers` at a time; returns rows written."""
+    # Ray Data's default fetches each finished task's block metadata on a helper thread that waits
+    # on all pending tasks with a 0.1 s timeout: with a few long tasks, every worker then idled
+    # ~0.15 s between units (8% on two workers). The inline path, chosen when ray.data is first
+    # imported, halved that.
+    os.environ.setdefault("RAY_DATA_METADATA_PREFETCH_ON_THREAD", "0")
     import ray.data
 
     # Ray Data reserves half of the CPUs for downstream operators by default, which on a small
@@ -219,7 +268,7 @@ def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, 
     args = (cfg.dataset, cut, [ray.put(vocab), ray.put(tokenizer), ray.put(known)], str(out))
     ds = ray.data.from_items([{"unit": u.index} for u in units], override_num_blocks=len(units))
     ds = ds.map_batches(_EncodeUnits(units, *args), batch_format="pyarrow", batch_size=1,
-                        concurrency=cfg.num_workers, num_cpus=1, runtime_env=WORKER_ENV)
+                        concurrency=cfg.num_workers, num_cpus=1)
     tables = ray.get(ds.to_arrow_refs())
     return sum(int(pa.compute.sum(t[s]).as_py() or 0) for t in tables for s in ("train", "test"))
 
@@ -265,9 +314,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         lap("parse")
 
         cut, n_train, n_test = find_cut(staging, cfg.train_ratio)
-        counts = run_bounded(_count_train, [(s, spec.fields, cut) for s in staging],
-                             cfg.num_workers, desc="count train values")
-        vocab = Vocabulary.build(pa.concat_tables(counts), spec.fields, cfg.min_count)
+        vocab = build_vocabulary(staging, spec.fields, cut, cfg.min_count, cfg.num_workers)
         vocab.save(out)
         lap("vocab")
         prompts = PromptTokenizer(tokenizer, spec.field_texts, cfg.max_length)

@@ -35,14 +35,51 @@ def hash_values(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pd.util.hash_array(arr.astype(object), categorize=False).view(np.int64)
 
 
-def count_values(table: pa.Table, fields: Sequence[str]) -> pa.Table:
-    """Per-field value counts of one staging table, as (field, value, count) rows."""
-    pieces = []
-    for f in fields:
-        vc = pc.value_counts(table[f])
-        pieces.append(pa.table({"field": pa.array([f] * len(vc), pa.string()),
-                                "value": vc.field("values"), "count": vc.field("counts")}))
-    return pa.concat_tables(pieces) if pieces else pa.table({"field": [], "value": [], "count": []})
+def value_counts(column: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """(value, count) rows: one per distinct value of the column."""
+    vc = pc.value_counts(column)
+    return pa.table({"value": vc.field("values"), "count": vc.field("counts").cast(pa.int64())})
+
+
+def merge_counts(tables: Sequence[pa.Table]) -> pa.Table:
+    """(value, count) tables in, one row per value out, counts summed."""
+    return pa.concat_tables(tables).group_by("value").aggregate([("count", "sum")]) \
+        .rename_columns(["value", "count"])
+
+
+def _hash_index(field: str, values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted 64-bit hashes of a field's values, and each hash's position in `values`."""
+    h = hash_values(values)
+    order = np.argsort(h, kind="stable")
+    h = h[order]
+    if len(h) > 1 and np.any(h[1:] == h[:-1]):
+        dup = int(np.flatnonzero(h[1:] == h[:-1])[0])
+        raise FlipDataError("64-bit hash collision between two distinct values; rename one of them",
+                            key=f"{field}={values[int(order[dup])].as_py()}")
+    return h, order
+
+
+@dataclass(frozen=True)
+class FieldValues:
+    """One field's kept train values, most frequent first, with their lookup index; built where the
+    field was counted (a Ray task), so the driver only lays the fields' blocks end to end."""
+
+    field: str
+    values: pa.Array          # string, most frequent first (ties by value)
+    counts: np.ndarray        # int64 train count of each kept value
+    oov_count: int            # train occurrences of values under min_count
+    sorted_hashes: np.ndarray
+    positions: np.ndarray     # index into `values` of each sorted hash
+
+    @classmethod
+    def keep(cls, field: str, counts: pa.Table, min_count: int) -> "FieldValues":
+        """From merged (value, count) rows of the train split."""
+        kept = counts.filter(pc.greater_equal(counts["count"], min_count))
+        kept = kept.sort_by([("count", "descending"), ("value", "ascending")])
+        total = int(pc.sum(counts["count"]).as_py() or 0)
+        values = kept["value"].combine_chunks()
+        n = kept["count"].to_numpy().astype(np.int64)
+        return cls(field, values, n, total - int(n.sum()), *_hash_index(field, values))
 
 
 @dataclass
@@ -60,45 +97,34 @@ class Vocabulary:
         return int(self.offsets[-1])
 
     @classmethod
-    def build(cls, counts: pa.Table, fields: Sequence[str], min_count: int) -> "Vocabulary":
-        """From merged (field, value, count) rows of the train split."""
-        fields = tuple(fields)
-        counts = counts.group_by(["field", "value"]).aggregate([("count", "sum")]) \
-            .rename_columns(["field", "value", "count"])
-        rows = [pa.table({"feature_id": pa.array([PAD_ID, MASK_ID], pa.int64()),
-                          "field": pa.array(["", ""], pa.string()),
-                          "value": pa.array(["<PAD>", "<MASK>"], pa.string()),
-                          "count": pa.array([0, 0], pa.int64())})]
-        blocks, offsets = [], [NUM_RESERVED + len(fields)]
-        oov_counts = []
-        for f in fields:
-            sub = counts.filter(pc.equal(counts["field"], f))
-            keep = sub.filter(pc.greater_equal(sub["count"], min_count))
-            oov_counts.append(int(pc.sum(sub["count"]).as_py() or 0) - int(pc.sum(keep["count"]).as_py() or 0))
-            keep = keep.sort_by([("count", "descending"), ("value", "ascending")])
-            ids = pa.array(np.arange(offsets[-1], offsets[-1] + len(keep), dtype=np.int64))
-            blocks.append(pa.table({"feature_id": ids, "field": keep["field"], "value": keep["value"],
-                                    "count": keep["count"].cast(pa.int64())}))
-            offsets.append(offsets[-1] + len(keep))
-        rows.append(pa.table({"feature_id": pa.array([oov_id(i) for i in range(len(fields))], pa.int64()),
-                              "field": pa.array(list(fields), pa.string()),
-                              "value": pa.array(["<OOV>"] * len(fields), pa.string()),
-                              "count": pa.array(oov_counts, pa.int64())}))
-        table = pa.concat_tables(rows + blocks)
-        return cls.from_table(table, fields, np.asarray(offsets, dtype=np.int64))
+    def build(cls, train: pa.Table, fields: Sequence[str], min_count: int) -> "Vocabulary":
+        """From train rows held in memory (tests, small data); `preprocess` counts field by field."""
+        return cls.from_fields([FieldValues.keep(f, value_counts(train[f]), min_count) for f in fields])
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[FieldValues]) -> "Vocabulary":
+        """Lay the fields' blocks out after the reserved ids, in field order."""
+        F = len(fields)
+        offsets = np.cumsum([NUM_RESERVED + F] + [len(f.values) for f in fields]).astype(np.int64)
+        specials = pa.table({
+            "feature_id": pa.array([PAD_ID, MASK_ID] + [oov_id(i) for i in range(F)], pa.int64()),
+            "field": pa.array(["", ""] + [f.field for f in fields], pa.string()),
+            "value": pa.array(["<PAD>", "<MASK>"] + ["<OOV>"] * F, pa.string()),
+            "count": pa.array([0, 0] + [f.oov_count for f in fields], pa.int64())})
+        blocks = [pa.table({"feature_id": pa.array(np.arange(offsets[i], offsets[i + 1], dtype=np.int64)),
+                            "field": pa.array([f.field] * len(f.values), pa.string()),
+                            "value": f.values.cast(pa.string()), "count": pa.array(f.counts, pa.int64())})
+                  for i, f in enumerate(fields)]
+        return cls(tuple(f.field for f in fields), pa.concat_tables([specials] + blocks), offsets,
+                   [f.sorted_hashes for f in fields],
+                   [offsets[i] + f.positions for i, f in enumerate(fields)])
 
     @classmethod
     def from_table(cls, table: pa.Table, fields: Sequence[str], offsets: np.ndarray) -> "Vocabulary":
         sorted_hashes, hash_to_id = [], []
         for i, f in enumerate(fields):
             block = table.slice(offsets[i], offsets[i + 1] - offsets[i])
-            h = hash_values(block["value"])
-            order = np.argsort(h, kind="stable")
-            h = h[order]
-            if len(h) > 1 and np.any(h[1:] == h[:-1]):
-                dup = int(np.flatnonzero(h[1:] == h[:-1])[0])
-                raise FlipDataError("64-bit hash collision between two distinct values; "
-                                    "rename one of them", key=f"{f}={block['value'][order[dup]].as_py()}")
+            h, order = _hash_index(f, block["value"])
             sorted_hashes.append(h)
             hash_to_id.append(block["feature_id"].to_numpy()[order])
         return cls(tuple(fields), table, offsets, sorted_hashes, hash_to_id)
