@@ -232,25 +232,23 @@ class _EncodeUnits:
         return pa.table({"train": [r["train"] for r in rows], "test": [r["test"] for r in rows]})
 
 
-def _tokenize_values(tokenizer: PromptTokenizer, values: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    return tokenizer.tokenize_values(values)
+def _tokenize_values(tokenizer_ref: list, values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return _worker_object(tokenizer_ref[0]).tokenize_values(values)
 
 
-def token_table(vocab: Vocabulary, tokenizer: PromptTokenizer, workers: int) -> TokenTable:
-    """Tokenize every vocabulary value once, in parallel Ray tasks, in feature id order."""
-    import ray
-
+def token_table(vocab: Vocabulary, tokenizer_ref: Any, workers: int) -> TokenTable:
+    """Tokenize every vocabulary value once, in parallel Ray tasks, in feature id order. The
+    tokenizer comes as an object ref, cached per worker, so the encode stage finds it there."""
     values = vocab.table.sort_by("feature_id")["value"]
     chunk = max(20_000, -(-len(values) // (4 * workers)))   # a few tasks per worker: balance
-    tok_ref = ray.put(tokenizer)
-    pieces = run_bounded(_tokenize_values, [(tok_ref, values.slice(i, chunk).to_pylist())
+    pieces = run_bounded(_tokenize_values, [([tokenizer_ref], values.slice(i, chunk).to_pylist())
                                             for i in range(0, len(values), chunk)],
                          workers, desc="tokenize vocabulary")
     return TokenTable.concat(pieces)
 
 
 def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, vocab: Vocabulary,
-                      tokenizer: PromptTokenizer, known: TokenTable, out: Path) -> int:
+                      tokenizer_ref: Any, known: TokenTable, out: Path) -> int:
     """One Ray Data pass over balanced encode units, `num_workers` at a time; returns rows written."""
     # Ray Data's default fetches each finished task's block metadata on a helper thread that waits
     # on all pending tasks with a 0.1 s timeout: with a few long tasks, every worker then idled
@@ -265,7 +263,7 @@ def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, 
     for split in ("train", "test"):
         (out / split).mkdir()
     units = plan_encode_units(staging, cfg.staging_rows, cfg.num_workers)
-    args = (cfg.dataset, cut, [ray.put(vocab), ray.put(tokenizer), ray.put(known)], str(out))
+    args = (cfg.dataset, cut, [ray.put(vocab), tokenizer_ref, ray.put(known)], str(out))
     ds = ray.data.from_items([{"unit": u.index} for u in units], override_num_blocks=len(units))
     ds = ds.map_batches(_EncodeUnits(units, *args), batch_format="pyarrow", batch_size=1,
                         concurrency=cfg.num_workers, num_cpus=1)
@@ -317,10 +315,10 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         vocab = build_vocabulary(staging, spec.fields, cut, cfg.min_count, cfg.num_workers)
         vocab.save(out)
         lap("vocab")
-        prompts = PromptTokenizer(tokenizer, spec.field_texts, cfg.max_length)
-        known = token_table(vocab, prompts, cfg.num_workers)
+        prompts_ref = ray.put(PromptTokenizer(tokenizer, spec.field_texts, cfg.max_length))
+        known = token_table(vocab, prompts_ref, cfg.num_workers)
         lap("tokenize_vocab")
-        _encode_and_write(cfg, staging, cut, vocab, prompts, known, out)
+        _encode_and_write(cfg, staging, cut, vocab, prompts_ref, known, out)
         lap("encode")
         shutil.rmtree(staging_dir)
 
