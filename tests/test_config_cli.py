@@ -25,6 +25,18 @@ def test_overrides_are_typed(tmp_path):
     assert cfg.preprocess.max_length == 64 and cfg.preprocess.overwrite is False and cfg.ray.num_cpus == 1
 
 
+def test_validating_a_config_does_not_import_torch():
+    """`flip-dist preprocess` loads and validates the whole config: model names and objectives are
+    checked against torch-free lists, so a data job does not pay torch's import (about 2 s)."""
+    code = ("import sys; from flip_dist.config import load_config; "
+            "cfg = load_config('ray_jobs/configs/ml100k.yaml', ['model.id_model=autoint', 'pretrain.objectives=no_icl']); "
+            "print(cfg.model.id_model, cfg.pretrain.objectives, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["autoint", "no_icl", "False"]
+    with pytest.raises(FlipConfigError, match="model.id_model"):
+        load_config(None, ["model.id_model=resnet"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("preprocess.max_lenght=64", "'preprocess.max_lenght' is unknown"),
     ("preprocess.max_length=abc", "'preprocess.max_length': expected an integer"),

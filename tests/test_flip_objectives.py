@@ -9,7 +9,8 @@ import torch
 
 from flip_dist.data.batches import ShardReader
 from flip_dist.data.vocab import MASK_ID
-from flip_dist.models.flip import ABLATIONS, FlipFinetuneDense, FlipPretrainDense, FlipSparse, objectives
+from flip_dist.models.flip import FlipFinetuneDense, FlipPretrainDense, FlipSparse
+from flip_dist.models.objectives import ABLATIONS, objectives
 from flip_dist.models.id_models import build_id_model
 from flip_dist.models.masking import IGNORE, mask_tab_fields, mask_text_fields, mask_text_tokens
 from flip_dist.models.plm import load_plm

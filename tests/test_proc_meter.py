@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from flip_dist.proc_meter import TreeMemoryMeter
+from flip_dist.proc_meter import TreeCpuMeter, TreeMemoryMeter
 
 HOLD = "import time; x = bytearray(200_000_000); x[::4096] = b'1' * len(x[::4096]); time.sleep(1.5)"
 
@@ -22,3 +22,20 @@ def test_peaks_and_the_timeline_of_matching_processes():
     with TreeMemoryMeter(other.pid, interval=0.1, timeline="RayTrainWorker") as meter:
         other.wait()
     assert meter.timeline == []            # nothing of that name in the tree
+
+
+SPIN = "import time; t = time.process_time()\nwhile time.process_time() - t < {}: pass\ntime.sleep(0.6)"
+
+
+def test_cpu_seconds_by_process_and_role():
+    """A parent that burns 0.4 s of CPU and a child that burns 1.2 s: each is charged its own."""
+    code = (f"import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', {SPIN.format(1.2)!r}]); "
+            f"exec({SPIN.format(0.4)!r}); c.wait()")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    with TreeCpuMeter(proc.pid, interval=0.1) as meter:
+        proc.wait()
+    roles = meter.by_role(lambda pid, titles: "root" if pid == proc.pid else "child")
+    assert set(roles) == {"root", "child"}
+    assert 0.4 <= roles["root"] < 1.0        # its spin plus the interpreter's start
+    assert 1.2 <= roles["child"] < 1.8
+    assert any("process_time" in t for t in meter.titles[next(p for p in meter.cpu if p != proc.pid)])

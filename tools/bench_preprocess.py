@@ -10,6 +10,11 @@ ratios. Memory is measured in one more run per configuration, not in the timed o
 reads every process's smaps (the kernel walks each page table under the process's memory lock), and
 in one bench the metered pair gave 1.42x where the timed rounds gave 1.83x.
 
+Every run also counts CPU seconds by process (workers, driver, Ray Data's helper actors, Ray's
+daemons; sampled from /proc, cheap): with one worker the second CPU absorbs all but the worker, with
+two it cannot. With two sizes it prints the speed-up on the rows added between them, where the fixed
+costs of a run (Ray's start of each stage, worker imports, the helper actors) cancel.
+
 Targets (issue 2): 2 workers >= 1.8x one worker; cost linear in rows; peak RSS < 4 GiB at 4M rows.
 Each run is a fresh `flip-dist preprocess` process with its own local Ray, measured from outside.
 """
@@ -30,7 +35,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flip_dist.data.synthetic_goodreads import write_raw_goodreads
-from flip_dist.proc_meter import TreeMemoryMeter
+from flip_dist.proc_meter import TreeCpuMeter, TreeMemoryMeter
 
 GIB = 1 << 30
 
@@ -44,6 +49,24 @@ def raw_data(work: Path, rows: int, seed: int) -> Path:
     return folder
 
 
+def ray_role(driver: int):
+    """Who a process of a preprocess run is: the driver, a Ray worker (tasks and Ray Data's map
+    workers), one of Ray Data's helper actors (started once per cluster), or a Ray daemon."""
+    def role(pid: int, titles: set[str]) -> str:
+        text = " ".join(titles)
+        if pid == driver:
+            return "driver"
+        if "_StatsActor" in text or "AutoscalingCoordinator" in text:
+            return "data_actors"
+        if "ray::" in text and "Agent" not in text:
+            return "workers"
+        return "daemons"
+    return role
+
+
+ROLES = ("workers", "driver", "data_actors", "daemons")
+
+
 def run_once(raw: Path, out: Path, workers: int, args: argparse.Namespace, measure_memory: bool) -> dict:
     cmd = [sys.executable, "-m", "flip_dist.cli", "preprocess", "--dataset", "goodreads",
            "--raw", str(raw), "--out", str(out), "--overwrite", "--workers", str(workers),
@@ -54,14 +77,16 @@ def run_once(raw: Path, out: Path, workers: int, args: argparse.Namespace, measu
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     meter = TreeMemoryMeter(proc.pid) if measure_memory else contextlib.nullcontext()
-    with meter:
+    with meter, TreeCpuMeter(proc.pid) as cpu:
         stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"preprocess failed ({proc.returncode}):\n{stderr[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
+    roles = cpu.by_role(ray_role(proc.pid))
     r = {"wall_s": wall, "pipeline_s": manifest["timings"]["total_s"], "timings": manifest["timings"],
-         "num_samples": manifest["num_samples"], "num_features": manifest["num_features"], "metered": measure_memory}
+         "num_samples": manifest["num_samples"], "num_features": manifest["num_features"], "metered": measure_memory,
+         "cpu_s": {k: roles.get(k, 0.0) for k in ROLES}}
     if measure_memory:
         r.update(peak_tree_pss_gib=meter.peak_tree_pss / GIB, peak_process_rss_gib=meter.peak_process_rss / GIB)
     return r
@@ -94,9 +119,10 @@ def main() -> int:
                 results.append(r)
                 mem = (f"  peak tree PSS {r['peak_tree_pss_gib']:.2f} GiB  peak process RSS "
                        f"{r['peak_process_rss_gib']:.2f} GiB" if r["metered"] else "")
+                cpu = " ".join(f"{k} {v:.1f}" for k, v in r["cpu_s"].items())
                 print(f"rows={rows:>10,} workers={w} round {rnd}  pipeline {r['pipeline_s']:7.1f} s  "
                       f"wall {r['wall_s']:7.1f} s  {r['rows_per_s']:9,.0f} raw rows/s{mem}  "
-                      f"stages {r['timings']}", flush=True)
+                      f"stages {r['timings']}  CPU-s (whole run) {cpu}", flush=True)
 
     def runs(rows: int, w: int) -> list[dict]:
         return [r for r in results if r["rows"] == rows and r["workers"] == w and not r["metered"]]
@@ -118,12 +144,22 @@ def main() -> int:
                      f"{', '.join(f'{x:.2f}' for x in ratios)}; per stage: "
                      f"{', '.join(f'{k[:-2]} {v:.2f}' for k, v in stages.items())})")
         print(f"  {rows:>10,} rows: {line}")
+    print("\nCPU seconds of the whole run (start-up and shutdown included) by process, median; a run with "
+          "one worker leaves a CPU to the driver, Ray Data's helper actors and Ray's daemons:")
+    for rows in args.rows:
+        for w in args.workers:
+            med = {k: statistics.median(r["cpu_s"][k] for r in runs(rows, w)) for k in ROLES}
+            print(f"  {rows:>10,} rows, {w} worker(s): " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()))
     if len(args.rows) > 1:
         lo, hi = min(args.rows), max(args.rows)
         print(f"\ncost growth {lo:,} -> {hi:,} rows (linear = {hi / lo:.1f}x; per-row cost ratio 1.0):")
         for w in args.workers:
             ratio = median_s(hi, w) / median_s(lo, w)
             print(f"  workers={w}: time x{ratio:.2f}, per-row cost ratio {ratio / (hi / lo):.2f}")
+        if 1 in args.workers and wmax > 1:
+            added = (median_s(hi, 1) - median_s(lo, 1)) / (median_s(hi, wmax) - median_s(lo, wmax))
+            print(f"  speed-up of {wmax} workers on the {hi - lo:,} rows added ({lo:,} -> {hi:,}), where each "
+                  f"run's fixed costs cancel: {added:.2f}x")
     peak = max(r["peak_tree_pss_gib"] for r in results if r["rows"] == max(args.rows) and r["metered"])
     print(f"\npeak memory of the whole process tree at {max(args.rows):,} rows: {peak:.2f} GiB (target < 4)")
 

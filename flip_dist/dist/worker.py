@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -33,7 +33,8 @@ from flip_dist.dist.sharding import (gather_table, has_table, load_nce_bias, set
 from flip_dist.errors import FlipConfigError, FlipDataError
 from flip_dist.eval.metrics import CTRMetrics
 from flip_dist.models.embedding import TABLE_NAME
-from flip_dist.models.flip import NCE_TABLE, FlipFinetuneDense, FlipPretrainDense, FlipSparse, nce_bias, objectives
+from flip_dist.models.flip import NCE_TABLE, FlipFinetuneDense, FlipPretrainDense, FlipSparse, nce_bias
+from flip_dist.models.objectives import objectives
 from flip_dist.models.masking import RowShard
 from flip_dist.models.sampling import AliasSampler
 from flip_dist.train.checkpoint import read_meta, save_state_dicts

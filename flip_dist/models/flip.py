@@ -4,7 +4,6 @@ DistributedModelParallel and give the second to DeepSpeed without changing model
 single-process step in flip_dist/train/steps.py composes them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -16,37 +15,9 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 from flip_dist.errors import FlipConfigError
 from flip_dist.models.embedding import FeatureEmbedding, feature_kjt
 from flip_dist.models.heads import ICLHead, MLMHead, MTMHead
+from flip_dist.models.objectives import Objectives
 
 NCE_TABLE = "nce_output"
-
-
-@dataclass(frozen=True)
-class Objectives:
-    """Which parts of Eq. 14 run, and how: every Table VII variant is one of these."""
-
-    mlm: bool = True
-    mtm: bool = True
-    icl: bool = True
-    field_masking: bool = True     # False: BERT-style random token masking
-    joint: bool = True             # False: each modality reconstructs itself alone
-
-
-ABLATIONS = {
-    "full": Objectives(),
-    "no_mlm": Objectives(mlm=False),
-    "no_mtm": Objectives(mtm=False),
-    "no_icl": Objectives(icl=False),
-    "no_mlm_mtm": Objectives(mlm=False, mtm=False),
-    "none": Objectives(mlm=False, mtm=False, icl=False),      # no pretraining at all
-    "no_field_masking": Objectives(field_masking=False),
-    "no_joint": Objectives(joint=False),
-}
-
-
-def objectives(name: str) -> Objectives:
-    if name not in ABLATIONS:
-        raise FlipConfigError(f"pretrain.objectives {name!r}: one of {sorted(ABLATIONS)}")
-    return ABLATIONS[name]
 
 
 def nce_bias(counts: np.ndarray, mode: str = "log_q") -> np.ndarray:

@@ -19,7 +19,8 @@ from flip_dist.config import FlipConfig
 from flip_dist.data.batches import ShardReader
 from flip_dist.errors import FlipConfigError
 from flip_dist.eval.metrics import CTRMetrics
-from flip_dist.models.flip import FlipFinetuneDense, FlipPretrainDense, FlipSparse, objectives
+from flip_dist.models.flip import FlipFinetuneDense, FlipPretrainDense, FlipSparse
+from flip_dist.models.objectives import objectives
 from flip_dist.models.id_models import build_id_model
 from flip_dist.models.plm import load_plm
 from flip_dist.models.sampling import AliasSampler

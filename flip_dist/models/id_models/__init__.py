@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from flip_dist.config import ID_MODEL_NAMES
 from flip_dist.errors import FlipConfigError
 from flip_dist.models.id_models.afm import AFM
 from flip_dist.models.id_models.afn import AFN
@@ -29,6 +30,8 @@ ID_MODELS: dict[str, type[IDModel]] = {
     "afn": AFN,
 }
 DEFAULT_ID_MODEL = "dcnv2"
+if tuple(ID_MODELS) != ID_MODEL_NAMES:   # the config validates names without importing this module
+    raise ImportError(f"ID_MODELS {tuple(ID_MODELS)} differ from config.ID_MODEL_NAMES {ID_MODEL_NAMES}")
 
 
 def build_id_model(name: str, num_fields: int, embed_dim: int, **hparams: Any) -> IDModel:
