@@ -66,29 +66,44 @@ class TreeMemoryMeter(_TreeSampler):
 
 
 class TreeCpuMeter(_TreeSampler):
-    """CPU seconds (user + system) of every process of the tree, and the titles it ran under (Ray
-    renames a worker after the task it runs): where the machine's CPUs went. Cheap (one stat read a
-    process). A process's CPU after its last sample, at most `interval` s of it, is not counted."""
+    """CPU seconds (user + system) of every process of the tree over time, and the titles it ran
+    under (Ray renames a worker after the task it runs): where the machine's CPUs went, in all or in
+    a window of the run. Cheap (one stat read a process). CPU used after a process's last sample,
+    at most `interval` s of it, is not counted."""
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
         super().__init__(pid, interval)
-        self.cpu: dict[int, float] = {}
+        self.samples: list[tuple[float, dict[int, float]]] = []
         self.titles: dict[int, set[str]] = {}
 
     def _sample(self, procs: list[psutil.Process], now: float) -> None:
+        cpu = {}
         for p in procs:
             try:
                 t = p.cpu_times()
                 title = " ".join(p.cmdline())[:120]
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            self.cpu[p.pid] = t.user + t.system
+            cpu[p.pid] = t.user + t.system
             self.titles.setdefault(p.pid, set()).add(title)
+        self.samples.append((now, cpu))
 
-    def by_role(self, role: Callable[[int, set[str]], str]) -> dict[str, float]:
-        """CPU seconds summed by `role(pid, titles)`."""
+    def _at(self, t: float) -> dict[int, float]:
+        """Each process's CPU seconds as of its last sample at or before `t` (Unix time)."""
+        out: dict[int, float] = {}
+        for now, cpu in self.samples:
+            if now > t:
+                break
+            out.update(cpu)
+        return out
+
+    def by_role(self, role: Callable[[int, set[str]], str], start: float = float("-inf"),
+                end: float = float("inf")) -> dict[str, float]:
+        """CPU seconds used between `start` and `end` (Unix times; default: the whole run), summed
+        by `role(pid, titles)`."""
+        before, after = self._at(start), self._at(end)
         out: dict[str, float] = {}
-        for pid, cpu in self.cpu.items():
+        for pid, cpu in after.items():
             key = role(pid, self.titles[pid])
-            out[key] = out.get(key, 0.0) + cpu
+            out[key] = out.get(key, 0.0) + cpu - before.get(pid, 0.0)
         return out

@@ -34,8 +34,15 @@ def test_cpu_seconds_by_process_and_role():
     proc = subprocess.Popen([sys.executable, "-c", code])
     with TreeCpuMeter(proc.pid, interval=0.1) as meter:
         proc.wait()
-    roles = meter.by_role(lambda pid, titles: "root" if pid == proc.pid else "child")
+    role = lambda pid, titles: "root" if pid == proc.pid else "child"  # noqa: E731
+    roles = meter.by_role(role)
     assert set(roles) == {"root", "child"}
     assert 0.4 <= roles["root"] < 1.0        # its spin plus the interpreter's start
     assert 1.2 <= roles["child"] < 1.8
-    assert any("process_time" in t for t in meter.titles[next(p for p in meter.cpu if p != proc.pid)])
+    child = next(pid for pid in meter.titles if pid != proc.pid)
+    assert any("process_time" in t for t in meter.titles[child])
+    first, last = meter.samples[0][0], meter.samples[-1][0]
+    assert sum(meter.by_role(role, end=first - 1).values()) == 0          # nothing before the run
+    assert meter.by_role(role, start=first - 1, end=last) == roles
+    mid = (first + last) / 2                                              # a window: part of the spin
+    assert 0 < sum(meter.by_role(role, start=mid).values()) < sum(roles.values())

@@ -283,6 +283,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         raise FlipDataError("raw data folder does not exist", path=str(raw))
     tok_path = str(resolve_tokenizer(cfg.tokenizer))
     tokenizer = load_tokenizer(tok_path)
+    started_at = time.time()
     t0 = last = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -333,6 +334,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         lap("manifest")
         manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
         manifest["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+        manifest["started_at_unix"] = round(started_at, 3)
         write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
