@@ -149,7 +149,7 @@ def main() -> int:
                      f"{', '.join(f'{x:.2f}' for x in ratios)}; per stage: "
                      f"{', '.join(f'{k[:-2]} {v:.2f}' for k, v in stages.items())})")
         print(f"  {rows:>10,} rows: {line}")
-    ncpu = os.cpu_count() or 1
+    ncpu = len(os.sched_getaffinity(0))   # the CPUs this process (and the runs it starts) may use
     print(f"\nCPU seconds used while the pipeline ran, by process (median); this machine has {ncpu} CPUs, so a run "
           f"cannot take less than its CPU seconds / {ncpu}, whatever the scheduling:")
     for rows in args.rows:
