@@ -88,10 +88,10 @@ def run_once(raw: Path, out: Path, workers: int, args: argparse.Namespace, measu
     manifest = json.loads((out / "manifest.json").read_text())
     role = ray_role(proc.pid)
     start = manifest["started_at_unix"]
-    whole, pipeline = cpu.by_role(role), cpu.by_role(role, start, start + manifest["timings"]["total_s"])
+    pipeline = cpu.by_role(role, start, start + manifest["timings"]["total_s"])
     r = {"wall_s": wall, "pipeline_s": manifest["timings"]["total_s"], "timings": manifest["timings"],
          "num_samples": manifest["num_samples"], "num_features": manifest["num_features"], "metered": measure_memory,
-         "cpu_s": {k: whole.get(k, 0.0) for k in ROLES}, "pipeline_cpu_s": {k: pipeline.get(k, 0.0) for k in ROLES}}
+         "pipeline_cpu_s": {k: pipeline.get(k, 0.0) for k in ROLES}}
     if measure_memory:
         r.update(peak_tree_pss_gib=meter.peak_tree_pss / GIB, peak_process_rss_gib=meter.peak_process_rss / GIB)
     return r
