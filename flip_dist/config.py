@@ -5,6 +5,7 @@ FlipConfigError that names the key. Experiments live in YAML files (ray_jobs/con
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -16,6 +17,9 @@ import yaml
 from flip_dist.errors import FlipConfigError
 
 DATASETS = ("ml-100k", "ml-1m", "bookcrossing", "goodreads")
+# Caps that catch a typo (an extra zero or two) before it asks a cluster for the impossible.
+MAX_WORKERS = 4096
+MAX_BATCH = 1 << 20
 # The registry (flip_dist.models.id_models.ID_MODELS) imports torch and checks it holds exactly these:
 # named here so that validating a data-only config does not import torch (2 s).
 ID_MODEL_NAMES = ("dcnv2", "deepfm", "autoint", "afm", "pnn", "widedeep", "dcn", "xdeepfm", "afn")
@@ -28,7 +32,7 @@ class RayConfig:
     temp_dir: Optional[str] = None     # local Ray's session folder (default /tmp/ray)
 
     def validate(self) -> None:
-        _check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", "must be >= 1")
+        _check(self.num_cpus is None or 1 <= self.num_cpus <= MAX_WORKERS, "ray.num_cpus", f"must be in 1..{MAX_WORKERS}")
 
 
 @dataclass
@@ -47,18 +51,23 @@ class PreprocessConfig:
                                        # and so about the rows per output shard (train and test)
     batch_rows: int = 4096             # rows per tokenizer batch
     max_bad_fraction: float = 0.01     # more malformed rows than this fails the run
-    overwrite: bool = False
+    max_line_bytes: int = 1 << 20      # a raw line longer than this is a bad row (never held whole)
+    max_inflation: float = 200.0       # a compressed raw file may decompress to at most this many times
+                                       #   its size (gzip bombs); real JSON/CSV inflates 3-15x
+    overwrite: bool = False            # replace out_dir, only if it holds an earlier manifest.json
 
     def validate(self) -> None:
         _check(self.dataset in DATASETS, "preprocess.dataset", f"must be one of {list(DATASETS)}, not {self.dataset!r}")
         _check(8 <= self.max_length <= 4096, "preprocess.max_length", "must be in 8..4096")
         _check(self.min_count >= 1, "preprocess.min_count", "must be >= 1")
         _check(0.0 < self.train_ratio < 1.0, "preprocess.train_ratio", "must be in (0, 1)")
-        _check(self.num_workers >= 1, "preprocess.num_workers", "must be >= 1")
-        _check(self.part_bytes >= 1 << 10, "preprocess.part_bytes", "must be >= 1024")
-        _check(self.batch_rows >= 1, "preprocess.batch_rows", "must be >= 1")
-        _check(self.staging_rows >= 1, "preprocess.staging_rows", "must be >= 1")
+        _check(1 <= self.num_workers <= MAX_WORKERS, "preprocess.num_workers", f"must be in 1..{MAX_WORKERS}")
+        _check(1 << 10 <= self.part_bytes <= 1 << 36, "preprocess.part_bytes", "must be in 1 KiB..64 GiB")
+        _check(1 <= self.batch_rows <= 1 << 24, "preprocess.batch_rows", "must be in 1..2^24")
+        _check(1 <= self.staging_rows <= 1 << 28, "preprocess.staging_rows", "must be in 1..2^28")
         _check(0.0 <= self.max_bad_fraction <= 1.0, "preprocess.max_bad_fraction", "must be in [0, 1]")
+        _check(64 <= self.max_line_bytes <= 1 << 30, "preprocess.max_line_bytes", "must be in 64..2^30")
+        _check(1.0 <= self.max_inflation <= 1e6, "preprocess.max_inflation", "must be in 1..1e6")
 
 
 @dataclass
@@ -79,12 +88,13 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check(self.id_model in ID_MODEL_NAMES, "model.id_model", f"must be one of {sorted(ID_MODEL_NAMES)}")
-        _check(self.embed_dim >= 1, "model.embed_dim", "must be >= 1")
-        _check(self.plm_layers >= 0, "model.plm_layers", "must be >= 0 (0 = all)")
-        _check(self.nce_dim >= 2, "model.nce_dim", "must be >= 2")
+        _check(1 <= self.embed_dim <= 1 << 14, "model.embed_dim", "must be in 1..16384")
+        _check(0 <= self.plm_layers <= 1024, "model.plm_layers", "must be in 0..1024 (0 = all)")
+        _check(2 <= self.nce_dim <= 1 << 14, "model.nce_dim", "must be in 2..16384")
         _check(self.icl_norm in ("l2", "layernorm"), "model.icl_norm", "must be l2 or layernorm")
         _check(self.nce_bias_init in ("log_q", "map"), "model.nce_bias_init", "must be log_q or map")
-        _check(self.icl_dim >= 1 and self.mtm_hidden >= 1, "model.icl_dim/mtm_hidden", "must be >= 1")
+        _check(1 <= self.icl_dim <= 1 << 16 and 1 <= self.mtm_hidden <= 1 << 16, "model.icl_dim/mtm_hidden",
+               "must be in 1..65536")
         _check(self.plm_dropout is None or 0.0 <= self.plm_dropout < 1.0, "model.plm_dropout", "must be in [0, 1)")
 
 
@@ -114,17 +124,21 @@ class DistConfig:
     storage_path: str = "runs/ray"     # Ray Train storage: checkpoints and results
     resume: Optional[str] = None       # a checkpoint folder, or "latest" (the newest under the run)
     stop_after: int = 0                # > 0: stop (with a checkpoint) after this many steps of this run
+    max_failures: int = 2              # worker-group restarts (from the last checkpoint) before the run fails
+    sample_log: bool = False           # each rank writes the row ids of every step it trained (auditing resume)
 
     def validate(self) -> None:
-        _check(self.num_workers >= 1, "dist.num_workers", "must be >= 1")
-        _check(self.cpus_per_worker > 0, "dist.cpus_per_worker", "must be > 0")
+        _check(1 <= self.num_workers <= MAX_WORKERS, "dist.num_workers", f"must be in 1..{MAX_WORKERS}")
+        _check(0 < self.cpus_per_worker <= 1024, "dist.cpus_per_worker", "must be in (0, 1024]")
         _check(self.precision in (None, "fp32", "bf16"), "dist.precision", "must be fp32 or bf16 (fp16 is refused)")
         _check(self.sharding in SHARDING_TYPES, "dist.sharding", f"must be one of {list(SHARDING_TYPES)}")
         _check(self.sparse_optimizer in SPARSE_OPTIMIZERS, "dist.sparse_optimizer",
                f"must be one of {list(SPARSE_OPTIMIZERS)}")
         _check(self.sparse_optimizer != "adam" or self.use_gpu or self.sharding == "none", "dist.sparse_optimizer",
                "adam is a GPU-only fused optimizer in TorchRec; use rowwise_adagrad on CPU")
-        _check(self.grad_accum >= 1, "dist.grad_accum", "must be >= 1")
+        _check(1 <= self.grad_accum <= 1 << 16, "dist.grad_accum", "must be in 1..65536")
+        _check(0 <= self.shuffle_buffer_rows <= 1 << 28, "dist.shuffle_buffer_rows", "must be in 0..2^28")
+        _check(0 <= self.max_failures <= 1000, "dist.max_failures", "must be in 0..1000")
         _check(self.data in ("ray", "exact"), "dist.data", "must be ray or exact")
         _check(self.log_every >= 1, "dist.log_every", "must be >= 1")
         _check(self.checkpoint_every >= 0 and self.keep_checkpoints >= 1 and self.stop_after >= 0,
@@ -156,8 +170,8 @@ class PretrainConfig:
         _check(self.objectives in ABLATIONS, "pretrain.objectives", f"must be one of {sorted(ABLATIONS)}")
         for key in ("r_text", "r_tab"):
             _check(0.0 < getattr(self, key) <= 1.0, f"pretrain.{key}", "must be in (0, 1]")
-        _check(self.num_noise >= 1, "pretrain.num_noise", "must be >= 1")
-        _check(self.tau > 0, "pretrain.tau", "must be > 0")
+        _check(1 <= self.num_noise <= 1 << 16, "pretrain.num_noise", "must be in 1..65536")
+        _check(0 < self.tau <= 1e4, "pretrain.tau", "must be in (0, 1e4]")
         _common_train_checks(self, "pretrain")
 
 
@@ -180,16 +194,17 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         _check(self.mode in ("flip", "flip_id", "flip_plm"), "finetune.mode", "must be flip, flip_id or flip_plm")
-        _check(self.eval_batch_size >= 1, "finetune.eval_batch_size", "must be >= 1")
+        _check(1 <= self.eval_batch_size <= MAX_BATCH, "finetune.eval_batch_size", f"must be in 1..{MAX_BATCH}")
         _check(self.eval_rows >= 0, "finetune.eval_rows", "must be >= 0 (0 = all)")
         _common_train_checks(self, "finetune")
 
 
 def _common_train_checks(cfg: Any, section: str) -> None:
-    _check(cfg.batch_size >= 1, f"{section}.batch_size", "must be >= 1")
-    _check(cfg.epochs >= 1, f"{section}.epochs", "must be >= 1")
-    _check(cfg.max_steps >= 0, f"{section}.max_steps", "must be >= 0")
-    _check(cfg.lr > 0 and cfg.embed_lr > 0, f"{section}.lr/embed_lr", "must be > 0")
+    _check(1 <= cfg.batch_size <= MAX_BATCH, f"{section}.batch_size", f"must be in 1..{MAX_BATCH}")
+    _check(1 <= cfg.epochs <= 100_000, f"{section}.epochs", "must be in 1..100000")
+    _check(0 <= cfg.max_steps <= 1 << 40, f"{section}.max_steps", "must be in 0..2^40")
+    _check(0 < cfg.lr <= 10 and 0 < cfg.embed_lr <= 10, f"{section}.lr/embed_lr", "must be in (0, 10]")
+    _check(cfg.weight_decay >= 0, f"{section}.weight_decay", "must be >= 0")
     _check(0.0 <= cfg.warmup_ratio < 1.0, f"{section}.warmup_ratio", "must be in [0, 1)")
     _check(cfg.grad_clip >= 0, f"{section}.grad_clip", "must be >= 0 (0 = off)")
 
@@ -240,10 +255,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         except ValueError:
             raise FlipConfigError(f"config key {key!r}: expected an integer, got {value!r}") from None
     if tp is float:
+        if isinstance(value, bool):      # YAML's `true` is not 1.0
+            raise FlipConfigError(f"config key {key!r}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise FlipConfigError(f"config key {key!r}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise FlipConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
+        return number
     if tp is dict or typing.get_origin(tp) is dict:
         if not isinstance(value, dict):
             raise FlipConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
@@ -287,19 +307,57 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise FlipConfigError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.load(raw, Loader=_StrictLoader)
+        except yaml.YAMLError as e:
+            raise FlipConfigError(f"override {item!r}: the value is not valid YAML: {e}") from None
     return data
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (plain YAML keeps the last one, so a
+    second `pretrain:` section would silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise FlipConfigError(f"key {key!r} appears twice in one mapping (lines {seen[key]} and "
+                                      f"{key_node.start_mark.line + 1})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content, or a FlipConfigError naming the file and what is wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise FlipConfigError(f"config file {p} does not exist")
+    raw = p.read_bytes()
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise FlipConfigError(f"config file {p} is {len(raw)} bytes; a config is at most {MAX_CONFIG_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise FlipConfigError(f"config file {p} is not UTF-8 text (byte {e.start}, line {line})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except FlipConfigError as e:
+        raise FlipConfigError(f"config file {p}: {e}") from None
+    except yaml.YAMLError as e:
+        raise FlipConfigError(f"config file {p} is not valid YAML: {e}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> FlipConfig:
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FlipConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise FlipConfigError(f"config file {p} is not valid YAML: {e}") from e
+        data = read_yaml(path) or {}
+        if not isinstance(data, dict):
+            raise FlipConfigError(f"config file {path}: expected a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     return _build(FlipConfig, data, "").validate()

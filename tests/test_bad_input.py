@@ -106,3 +106,60 @@ def test_undecodable_bytes_are_bad_rows(tmp_path):
     rows = list(split_delimited(p, "utf-8", "\t", 2, bad))
     assert [r for _, r in rows] == [["a", "b"], ["d", "e"]]
     assert bad.total == 1 and "undecodable" in bad.samples[0]["reason"]
+
+
+def _naive_long(data: bytes, limit: int) -> list[tuple[int, int]]:
+    out, start = [], 0
+    for line in data.split(b"\n"):
+        if len(line) > limit:
+            out.append((start, start + len(line)))
+        start += len(line) + 1
+    return out
+
+
+def test_long_line_scans_agree_with_a_plain_split(tmp_path, monkeypatch):
+    """The block trick (a line break in every half-limit block) must never miss a long line: lines
+    of lengths around the limit, in chunks that cut them anywhere, against a plain split."""
+    import numpy as np
+
+    from flip_dist.data.readers import guarded
+    from flip_dist.data.readers.guarded import ReadLimits, has_long_line, long_lines
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(guarded, "SCAN_CHUNK", 97)          # the carry between chunks, exercised
+    for trial in range(300):
+        limit = int(rng.integers(1, 40))
+        lengths = rng.integers(0, 2 * limit + 2, int(rng.integers(1, 30)))
+        if trial % 3 == 0:
+            lengths = np.minimum(lengths, limit)             # no long line at all
+        data = b"\n".join(b"a" * int(n) for n in lengths) + (b"\n" if trial % 2 else b"")
+        want = _naive_long(data, limit)
+        assert long_lines(data, limit) == want, (limit, lengths)
+        p = tmp_path / "f.txt"
+        p.write_bytes(data)
+        assert has_long_line(p, ReadLimits(max_line_bytes=limit)) == bool(want), (limit, lengths)
+
+
+def test_bounded_line_reader_and_gzip_guard(tmp_path):
+    import gzip
+    import io
+
+    from flip_dist.data.readers.guarded import GzipGuard, ReadLimits, read_line
+
+    f = io.BytesIO(b"short\n" + b"x" * 100_000 + b"\nnext\nlast")
+    assert read_line(f, 10) == (b"short\n", False)
+    raw, long = read_line(f, 10)
+    assert long and raw == b"x" * 11                          # only limit + 1 bytes were kept
+    assert [read_line(f, 10), read_line(f, 10), read_line(f, 10)] == [(b"next\n", False), (b"last", False), (b"", False)]
+
+    p = tmp_path / "a.gz"
+    p.write_bytes(gzip.compress(b"line\n" * 100_000))
+    with GzipGuard(p, ReadLimits(max_inflation=1000.0, inflation_slack=0)) as g:
+        assert g.readline(100) == b"line\n" and len(g.read()) == 5 * 99_999
+    with GzipGuard(p, ReadLimits(max_inflation=2.0, inflation_slack=0)) as g:
+        with pytest.raises(FlipDataError, match=r"a\.gz: decompresses to more than 2x its size"):
+            g.read()
+    p.write_bytes(p.read_bytes()[:-20])
+    with GzipGuard(p) as g:
+        with pytest.raises(FlipDataError, match=r"a\.gz: truncated or corrupt gzip stream \(EOFError"):
+            g.read()

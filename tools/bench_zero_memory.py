@@ -45,7 +45,6 @@ except ImportError:
 GIB = 1 << 30
 NUM_WORKERS = 2
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

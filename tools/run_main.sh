@@ -7,6 +7,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash tools/setup.sh "$@"
 py="${VIRTUAL_ENV:-$root/.venv}/bin/python"
-export RAY_AUTH_MODE=disabled
 "$py" -m flip_dist.cli data get ml-100k --out data/raw/ml-100k
 "$py" ray_jobs/pipeline.py --config ray_jobs/configs/ml100k.yaml

@@ -8,7 +8,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash tools/setup.sh
 py="${VIRTUAL_ENV:-$root/.venv}/bin/python"
-export RAY_AUTH_MODE=disabled
 if [ "$#" -gt 0 ]; then
     exec "$py" -m pytest "$@"
 fi

@@ -41,6 +41,16 @@ class BadRows:
                 f"{max_fraction}); first: {first['reason']}: {first['raw']!r}",
                 path=first["file"], row=first["line"])
 
+    def raise_first(self) -> None:
+        """For side files (users, items), where a bad record is not one lost row but a hole in
+        every row that joins it: the first one is an error naming its file and line."""
+        if self.samples:
+            first = self.samples[0]
+            raise FlipDataError(f"{first['reason']}: {first['raw'][:200]!r}", path=first["file"], row=first["line"])
+        if self.total:
+            (path, reason), _ = next(iter(self.counts.items()))
+            raise FlipDataError(reason, path=path)
+
     def summary(self) -> dict[str, Any]:
         by_file: dict[str, dict[str, int]] = {}
         for (path, reason), n in sorted(self.counts.items()):

@@ -22,9 +22,11 @@ class Batch:
     input_ids: torch.Tensor       # (B, L) int64
     attention_mask: torch.Tensor  # (B, L) int64 1 = real token
     field_spans: torch.Tensor     # (B, F, 2) int64 [start, end) of each value's tokens
+    row_ids: torch.Tensor | None = None   # (B,) int64 the rows' `row_id`, where the shards have it (audits)
 
     def to(self, device: torch.device | str) -> "Batch":
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if getattr(self, f.name) is not None})
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -52,6 +54,8 @@ def table_to_batch(table: pa.Table, pad_id: int) -> Batch:
         input_ids=torch.from_numpy(padded),
         attention_mask=torch.from_numpy(mask),
         field_spans=torch.from_numpy(spans.flatten().to_numpy().astype(np.int64).reshape(n, F, 2)),
+        row_ids=torch.from_numpy(table["row_id"].to_numpy().astype(np.int64)) if "row_id" in table.column_names
+        else None,
     )
 
 
@@ -64,7 +68,9 @@ class ShardReader:
     def __init__(self, folder: str | Path, split: str) -> None:
         self.manifest = read_manifest(folder)
         files = shard_files(folder, split)
-        self.table = pa.concat_tables([pq.read_table(f, columns=self.COLUMNS) for f in files]) \
+        columns = self.COLUMNS + (["row_id"] if files and "row_id" in pq.ParquetFile(files[0]).schema_arrow.names
+                                  else [])
+        self.table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) \
             .combine_chunks() if files else None
         self.pad_id = int(self.manifest.get("text_pad_id") or 0)
 

@@ -30,6 +30,7 @@ from flip_dist.config import PreprocessConfig
 from flip_dist.data.bad_rows import BadRows
 from flip_dist.data.readers import get_reader
 from flip_dist.data.readers.base import DatasetSpec
+from flip_dist.data.readers.guarded import ReadLimits
 from flip_dist.data.shards import MANIFEST, split_summary
 from flip_dist.data.template import PromptTokenizer, TokenTable
 from flip_dist.data.vocab import MASK_ID, PAD_ID, FieldValues, Vocabulary, merge_counts, oov_id, value_counts
@@ -57,14 +58,15 @@ class SplitCut:
 
 # ---------------------------------------------------------------- stage 1: parse
 def _parse_part(dataset: str, part: Any, context: Any, seed: int, out_dir: str,
-                staging_rows: int, group_rows: int) -> tuple[list[str], int, BadRows, dict]:
+                staging_rows: int, group_rows: int, limits: ReadLimits) -> tuple[list[str], int, BadRows, dict]:
     """Parse one raw part into staging files of about `staging_rows` rows: a file is the unit of
     work of the later stages, so their parallelism does not depend on how the raw data came,
-    and a part is streamed, so a huge one (a .gz file) never sits in memory whole."""
+    and a part is streamed, so a huge one (a .gz file) never sits in memory whole. `limits`
+    bound what one raw line or one .gz may cost."""
     reader = get_reader(dataset)
     schema = reader.staging_schema()
     files, n, bad, stats = [], 0, BadRows(), {}
-    for j, res in enumerate(reader.iter_part(part, context, seed, staging_rows)):
+    for j, res in enumerate(reader.iter_part(part, context, seed, staging_rows, limits)):
         if res.table.schema != schema:
             raise FlipDataError(f"reader produced schema {res.table.schema}, expected {schema}", path=part.path)
         path = str(Path(out_dir) / f"part-{part.index:05d}-{j:04d}.parquet")
@@ -291,14 +293,15 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         now = time.perf_counter()
         timings[f"{stage}_s"], last = now - last, now
 
-    with atomic_output_dir(cfg.out_dir, overwrite=cfg.overwrite) as out:
+    with atomic_output_dir(cfg.out_dir, overwrite=cfg.overwrite, marker=MANIFEST) as out:
         staging_dir = out / STAGING
         staging_dir.mkdir()
         parts = balanced_parts(reader, raw, cfg.part_bytes, cfg.num_workers)
-        context_ref = ray.put(reader.context(raw))
+        limits = ReadLimits.from_config(cfg)
+        context_ref = ray.put(reader.context(raw, limits))
         lap("context")
         results = run_bounded(_parse_part, [(cfg.dataset, p, context_ref, cfg.seed, str(staging_dir),
-                                             cfg.staging_rows, cfg.batch_rows) for p in parts],
+                                             cfg.staging_rows, cfg.batch_rows, limits) for p in parts],
                               cfg.num_workers, desc=f"parse {cfg.dataset}")
         del context_ref
         bad, stats, n_rows, staging = BadRows(), {}, 0, []

@@ -48,31 +48,87 @@ def split_summary(folder: str | Path) -> dict[str, dict[str, int]]:
     return out
 
 
-def validate_dataset(folder: str | Path, max_rows_per_shard: int | None = None) -> dict[str, Any]:
-    """Check a processed folder against the data contract (DESIGN.md); raise FlipDataError naming
-    the shard and row at fault. Returns the manifest. Reads every shard (or its first rows)."""
-    import numpy as np
+TRAINING_KEYS = ("text_vocab_size", "text_pad_id", "text_mask_id", "tokenizer_name")
+
+
+def _open_shard(path: str) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise FlipDataError(f"shard cannot be read ({type(e).__name__}: {str(e)[:200]})", path=path) from None
+
+
+def _check_id_statistics(pf: Any, path: str, num_features: int) -> None:
+    """The feature ids' min/max from the Parquet footer (no data read): ids beyond num_features mean
+    the manifest and the shards disagree (e.g. shards of a bigger vocabulary)."""
+    meta = pf.metadata
+    columns = [j for j in range(meta.num_columns) if meta.schema.column(j).path.startswith("feature_ids.")]
+    for g in range(meta.num_row_groups):
+        for j in columns:
+            stats = meta.row_group(g).column(j).statistics
+            if stats is not None and stats.has_min_max and (stats.min < 0 or stats.max >= num_features):
+                raise FlipDataError(f"feature ids reach {stats.max} in row group {g}, but the manifest's "
+                                    f"num_features is {num_features}", path=path, key="num_features")
+
+
+def _check_feature_counts(folder: Path, num_features: int) -> None:
+    import numpy as np
+
+    path = folder / "feature_counts.npy"
+    if not path.is_file():
+        raise FlipDataError("missing: the NCE sampler's train frequencies", path=str(path))
+    try:
+        counts = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise FlipDataError(f"cannot be read as a numpy array ({e})", path=str(path)) from None
+    if counts.ndim != 1 or len(counts) != num_features:
+        raise FlipDataError(f"has shape {counts.shape}, the manifest's num_features is {num_features}",
+                            path=str(path), key="num_features")
+
+
+def validate_dataset(folder: str | Path, max_rows_per_shard: int | None = None,
+                     for_training: bool = False) -> dict[str, Any]:
+    """Check a processed folder against the data contract (DESIGN.md); raise FlipDataError naming
+    the shard and row at fault. Returns the manifest. Row counts and id ranges come from every
+    shard's footer; contents are read whole, or the first `max_rows_per_shard` rows of each.
+    `for_training` also checks what training reads beside the shards (feature_counts.npy, the
+    tokenizer keys)."""
+    import numpy as np
+    import pyarrow as pa
+
+    folder = Path(folder)
     manifest = read_manifest(folder)
     F, M = manifest["num_fields"], manifest["num_features"]
     offsets = np.asarray(manifest.get("field_offsets", []), dtype=np.int64)
     if len(manifest["fields"]) != F:
         raise FlipDataError(f"{len(manifest['fields'])} field names for num_fields={F}", key="fields")
+    if for_training:
+        for key in TRAINING_KEYS:
+            if key not in manifest:
+                raise FlipDataError("manifest lacks a key training needs", path=str(folder / MANIFEST), key=key)
+        _check_feature_counts(folder, M)
     want = {"label": pa.int8(), "feature_ids": pa.list_(pa.int32(), F), "input_ids": pa.list_(pa.int32()),
             "field_spans": pa.list_(pa.int32(), 2 * F)}
     counts = {}
     for split in ("train", "test"):
         n = 0
         for path in shard_files(folder, split):
-            pf = pq.ParquetFile(path)
+            pf = _open_shard(path)
             for key, tp in want.items():
                 if key not in pf.schema_arrow.names or pf.schema_arrow.field(key).type != tp:
                     raise FlipDataError(f"column must be {tp}", path=path, key=key)
             n += pf.metadata.num_rows
-            t = pf.read(columns=list(want)) if max_rows_per_shard is None else \
-                pa.Table.from_batches([next(pf.iter_batches(batch_size=max_rows_per_shard, columns=list(want)))])
+            _check_id_statistics(pf, path, M)
+            try:
+                t = pf.read(columns=list(want)) if max_rows_per_shard is None else \
+                    pa.Table.from_batches([next(pf.iter_batches(batch_size=max_rows_per_shard, columns=list(want)))])
+            except StopIteration:
+                continue
+            except (OSError, pa.ArrowException) as e:
+                raise FlipDataError(f"shard cannot be read ({type(e).__name__}: {str(e)[:200]})", path=path) from None
             fids = t["feature_ids"].combine_chunks().flatten().to_numpy().reshape(-1, F)
             spans = t["field_spans"].combine_chunks().flatten().to_numpy().reshape(-1, F, 2)
             lengths = t["input_ids"].combine_chunks().value_lengths().to_numpy()

@@ -79,7 +79,7 @@ def write_synthetic_shards(out_dir: str | Path, rows: int, features: int = 4_565
     fields = [_Field(f, n, len(hf), rng) for f, n in zip(SPEC.fields, sizes)]
     n_train = int(rows * train_ratio)
     counts = np.zeros(int(offsets[-1]), dtype=np.int64)
-    with atomic_output_dir(out_dir, overwrite=overwrite) as out:
+    with atomic_output_dir(out_dir, overwrite=overwrite, marker=MANIFEST) as out:
         (out / "train").mkdir()
         (out / "test").mkdir()
         done = 0

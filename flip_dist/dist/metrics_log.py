@@ -14,11 +14,27 @@ class MetricsLog:
         self.path = Path(folder) / "metrics.jsonl"
         self.writer = None
         if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(log_dir=str(Path(folder) / "tensorboard"))
-            self.file = open(self.path, "a", encoding="utf-8")
+            self._open()
+
+    def _open(self, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"), purge_step=purge_step)
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def rewind(self, stage: str, step: int) -> None:
+        """A run resumed at `step` trains the later steps again: their rows go from metrics.jsonl
+        (rewritten atomically) and TensorBoard discards its events from step + 1 on."""
+        if not self.enabled:
+            return
+        from flip_dist.io_atomic import write_text_atomic
+
+        self.close()
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not _after(json.loads(line), stage, step)]
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+        self._open(purge_step=step + 1)
 
     def write(self, stage: str, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -34,6 +50,10 @@ class MetricsLog:
         if self.enabled:
             self.file.close()
             self.writer.close()
+
+
+def _after(row: dict[str, Any], stage: str, step: int) -> bool:
+    return row.get("stage") == stage and row.get("step", 0) > step
 
 
 def read_metrics(folder: str | Path) -> list[dict[str, Any]]:

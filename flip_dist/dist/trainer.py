@@ -1,9 +1,9 @@
-"""The driver side of a distributed stage: a Ray Train TorchTrainer over flip_dist.dist.worker,
-with the train split streamed to the workers by Ray Data. Jobs (ray_jobs/) and the CLI call these."""
+"""The driver side of a distributed stage: a Ray Train TorchTrainer over flip_dist.dist.worker
+(each worker streams its share of the train split with Ray Data: flip_dist.data.stream), restarted
+from its last checkpoint when a worker dies. Jobs (ray_jobs/) and the CLI call these."""
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import time
@@ -11,105 +11,138 @@ from pathlib import Path
 from typing import Any
 
 from flip_dist.config import FlipConfig
-from flip_dist.data.batches import ShardReader
-from flip_dist.data.shards import read_manifest, shard_files
+from flip_dist.data.shards import validate_dataset
 from flip_dist.dist.metrics_log import read_metrics
-from flip_dist.dist.worker import CKPT_MANIFEST, check_checkpoint, worker_loop
-from flip_dist.errors import FlipConfigError
+from flip_dist.dist.worker import check_resumable, worker_loop
+from flip_dist.errors import FlipConfigError, FlipDataError
+from flip_dist.train.checkpoint import dataset_fingerprint, find_latest_checkpoint, run_identity, verify_checkpoint
 from flip_dist.io_atomic import write_json_atomic
 from flip_dist.ray_runtime import ray_session
 
 log = logging.getLogger(__name__)
+PREFLIGHT_ROWS = 256      # rows per shard whose contents preflight checks (row counts: all of them)
 
 # What every worker process needs in its environment: DeepSpeed on the right accelerator, no
-# tokenizer threads fighting over a worker's CPUs, op builds cached in the project.
+# tokenizer threads fighting over a worker's CPUs, op builds cached in the project. Ray's auth
+# mode and token are inherited from the cluster, never set here.
 def _worker_env(cfg: FlipConfig) -> dict[str, str]:
     root = Path(__file__).resolve().parents[2]
-    env = {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": "disabled",
+    env = {"TOKENIZERS_PARALLELISM": "false",
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(root / ".cache" / "torch_extensions"))}
     if not cfg.dist.use_gpu:
         env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(max(1, int(cfg.dist.cpus_per_worker))))
     return env
 
 
-def latest_checkpoint(storage: Path, stage: str) -> Path:
-    """The newest complete checkpoint of `stage` under the Ray Train storage folder."""
-    found = []
-    for manifest in storage.glob(f"*/checkpoint_*/{CKPT_MANIFEST}"):
-        meta = json.loads(manifest.read_text())
-        if meta.get("stage") == stage:
-            try:
-                check_checkpoint(manifest.parent)
-            except Exception as e:     # a checkpoint some rank never finished: skip it, say so
-                log.warning("skipping %s: %s", manifest.parent, e)
-                continue
-            found.append((manifest.stat().st_mtime, meta["step"], manifest.parent))
-    if not found:
-        raise FlipConfigError(f"dist.resume=latest: no complete {stage} checkpoint under {storage}")
-    return max(found)[2]
+def resolve_resume(cfg: FlipConfig, stage: str, manifest: dict[str, Any]) -> str | None:
+    """The checkpoint to continue from, verified (every file against its digest) and checked to
+    belong to this run (stage, workers, dataset): `latest` is the newest good one of this dataset
+    and config under the storage folder, skipping damaged ones by name; a folder is taken as given."""
+    resume = cfg.dist.resume
+    if not resume:
+        return None
+    identity = run_identity(cfg.to_dict(), stage, manifest)
+    storage = Path(cfg.dist.storage_path).resolve()
+    if resume == "latest":
+        found = find_latest_checkpoint(storage, stage, identity)
+        if found is None:
+            raise FlipConfigError(f"dist.resume=latest: no complete {stage} checkpoint of this dataset and config "
+                                  f"under {storage}")
+        resume = str(found)
+    path = Path(resume).resolve()
+    check_resumable(verify_checkpoint(path), path, stage, cfg.dist.num_workers, identity)
+    return str(path)
 
 
-def preflight(cfg: FlipConfig, stage: str, data_dir: Path) -> None:
+def preflight(cfg: FlipConfig, stage: str, data_dir: Path) -> str | None:
     """What can be checked before any worker starts (a worker's error arrives wrapped in Ray
-    Train's, after tens of seconds): the dataset, the DeepSpeed preset, the checkpoint to start from."""
+    Train's, after tens of seconds, and a deterministic one would be retried): the dataset against
+    its manifest, the DeepSpeed preset, the PLM's tokenizer, the checkpoint to start from or resume.
+    Returns the verified checkpoint to resume, if any."""
     from flip_dist.dist.ds_config import load_ds_config
     from flip_dist.dist.worker import STAGES
     from flip_dist.train.checkpoint import read_meta
+    from flip_dist.train.local import check_text_matches
 
     if stage not in STAGES:
         raise FlipConfigError(f"stage {stage!r}: one of {STAGES}")
-    manifest = read_manifest(data_dir)       # names the folder if it is not a processed dataset
+    manifest = validate_dataset(data_dir, max_rows_per_shard=PREFLIGHT_ROWS, for_training=True)
     tc = cfg.pretrain if stage == "pretrain" else cfg.finetune
     load_ds_config(cfg.dist.ds_config, micro_batch=tc.batch_size, world_size=cfg.dist.num_workers,
                    grad_accum=cfg.dist.grad_accum, grad_clip=tc.grad_clip, precision=cfg.dist.precision)
-    if stage != "evaluate" and manifest["num_train"] // cfg.dist.num_workers < tc.batch_size:
-        raise FlipConfigError(f"{stage}.batch_size={tc.batch_size} on {cfg.dist.num_workers} workers needs more than "
-                              f"the {manifest['num_train']} train rows of {data_dir}")
+    check_text_matches(manifest, cfg.model)
+    if stage != "evaluate":
+        per_epoch = manifest["num_train"] // cfg.dist.num_workers // tc.batch_size
+        if per_epoch == 0:
+            raise FlipConfigError(f"{stage}.batch_size={tc.batch_size} on {cfg.dist.num_workers} workers needs more "
+                                  f"than the {manifest['num_train']} train rows of {data_dir}")
+        if tc.max_steps > per_epoch * tc.epochs:
+            log.warning("%s.max_steps=%d, but %d epoch(s) of %d train rows give %d steps: training %d (raise "
+                        "%s.epochs for more)", stage, tc.max_steps, tc.epochs, manifest["num_train"],
+                        per_epoch * tc.epochs, per_epoch * tc.epochs, stage)
     if stage == "evaluate" and not tc.init:
         raise FlipConfigError("evaluate needs finetune.init: a finetuning export folder")
     if tc.init:
         expected = {"pretrain": "pretrain", "finetune": "pretrain", "evaluate": "finetune"}[stage]
-        found = read_meta(tc.init).get("stage")
-        if found != expected:
-            raise FlipConfigError(f"{stage}.init {tc.init} is a {found!r} checkpoint, expected {expected!r}")
+        meta = read_meta(tc.init)
+        if meta.get("stage") != expected:
+            raise FlipConfigError(f"{stage}.init {tc.init} is a {meta.get('stage')!r} checkpoint, expected {expected!r}")
+        theirs = meta.get("dataset_fingerprint")
+        if theirs is not None and theirs != dataset_fingerprint(manifest):
+            raise FlipConfigError(f"{stage}.init {tc.init} was trained on another dataset ({meta.get('data')}): "
+                                  f"its tables index another vocabulary than {data_dir}")
+    return resolve_resume(cfg, stage, manifest)
+
+
+def check_placeable(cfg: FlipConfig) -> None:
+    """Fail now, not after waiting forever, when the cluster cannot place the workers at all."""
+    import ray
+
+    dc, have = cfg.dist, ray.cluster_resources()
+    need = {"CPU": dc.num_workers * dc.cpus_per_worker, "GPU": dc.num_workers if dc.use_gpu else 0}
+    short = {k: (have.get(k, 0), v) for k, v in need.items() if have.get(k, 0) < v}
+    if short:
+        raise FlipConfigError("the cluster cannot place this run's workers: " + ", ".join(
+            f"{k} has {h:g}, needs {n:g}" for k, (h, n) in short.items()) + " (dist.num_workers x "
+            "dist.cpus_per_worker, one GPU a worker with dist.use_gpu; start the nodes first)")
+
+
+def _flip_error(error: BaseException) -> BaseException | None:
+    """The FlipDataError / FlipConfigError a worker raised, out of Ray Train's wrapping."""
+    seen: set[int] = set()
+    todo: list[Any] = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (FlipDataError, FlipConfigError)):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__,
+                 *getattr(e, "worker_failures", {}).values()]
+    return None
 
 
 def run_stage(cfg: FlipConfig, stage: str, data_dir: str | Path) -> dict[str, Any]:
     """Run one stage on `cfg.dist.num_workers` Ray Train workers; returns the final metrics and
-    where the checkpoint and export are. Needs no Ray session: starts or joins one."""
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    where the checkpoint and export are. Needs no Ray session: starts or joins one. A worker group
+    that loses a worker is restarted from the last checkpoint, up to dist.max_failures times."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from flip_dist.dist.rendezvous import NodeBoundTorchConfig
+
     data_dir = Path(data_dir).resolve()
-    preflight(cfg, stage, data_dir)
+    resume = preflight(cfg, stage, data_dir)
     tc = cfg.pretrain if stage == "pretrain" else cfg.finetune
     run_dir = Path(tc.out_dir).resolve()
     storage = Path(cfg.dist.storage_path).resolve()
-    resume = cfg.dist.resume
-    if resume == "latest":
-        resume = str(latest_checkpoint(storage, stage))
-    elif resume:
-        resume = str(Path(resume).resolve())
-    if resume:
-        written_by = check_checkpoint(Path(resume))["world_size"]
-        if written_by != cfg.dist.num_workers:   # the workers say the same; failing here costs no start-up
-            raise FlipConfigError(f"checkpoint {resume} was written by {written_by} workers, this run has "
-                                  f"{cfg.dist.num_workers}: DeepSpeed ZeRO's optimizer partitions do not re-shard. "
-                                  f"Resume with dist.num_workers={written_by}, or start a new run from an export.")
     run_name, started = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}", time.time()
     dc = cfg.dist
     with ray_session(cfg.ray):
-        import ray
-        import ray.data
-
-        datasets = {}
-        if dc.data == "ray" and stage != "evaluate":
-            # Block order reshuffled each epoch (the dataset re-executes), rows within a worker's
-            # local shuffle buffer (dist.shuffle_buffer_rows).
-            datasets["train"] = ray.data.read_parquet(shard_files(data_dir, "train"),
-                                                      columns=ShardReader.COLUMNS).randomize_block_order()
+        check_placeable(cfg)
         trainer = TorchTrainer(
-            worker_loop,
+            worker_loop, torch_config=NodeBoundTorchConfig(),
             train_loop_config={"config": cfg.to_dict(), "stage": stage, "data_dir": str(data_dir),
                                "run_dir": str(run_dir), "resume": resume},
             scaling_config=ScalingConfig(num_workers=dc.num_workers, use_gpu=dc.use_gpu,
@@ -117,12 +150,16 @@ def run_stage(cfg: FlipConfig, stage: str, data_dir: str | Path) -> dict[str, An
                                                                **({"GPU": 1} if dc.use_gpu else {})}),
             run_config=RunConfig(name=run_name, storage_path=str(storage),
                                  checkpoint_config=CheckpointConfig(num_to_keep=dc.keep_checkpoints),
+                                 failure_config=FailureConfig(max_failures=dc.max_failures),
                                  worker_runtime_env={"env_vars": _worker_env(cfg)}),
-            datasets=datasets or None,
-            dataset_config=DataConfig(datasets_to_split=["train"]) if datasets else None,
         )
-        result = trainer.fit()
-        del ray
+        try:
+            result = trainer.fit()
+        except Exception as e:
+            cause = _flip_error(e)
+            if cause is None:
+                raise
+            raise type(cause)(str(cause)) from e
     export = run_dir / "export"
     export_meta = export / "meta.json"
     logged = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
@@ -132,6 +169,8 @@ def run_stage(cfg: FlipConfig, stage: str, data_dir: str | Path) -> dict[str, An
                "export": str(export) if stage != "evaluate" and export_meta.is_file()
                and export_meta.stat().st_mtime >= started else None,        # this run's, not an older one
                "metrics_log": str(run_dir / "metrics.jsonl")}
+    if stage != "evaluate" and summary["export"] is None and not dc.stop_after:
+        raise FlipDataError(f"{stage} ended without writing its export; see {summary['run']}", path=str(export))
     write_json_atomic(run_dir / f"{stage}_result.json", summary)
     return summary
 

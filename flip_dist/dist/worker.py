@@ -25,7 +25,8 @@ import torch.distributed as dist
 from torch import nn
 
 from flip_dist.config import FlipConfig, _build
-from flip_dist.data.batches import Batch, ShardReader, table_to_batch
+from flip_dist.data.batches import Batch, ShardReader
+from flip_dist.data.stream import RankStream, list_shards
 from flip_dist.dist.ds_config import load_ds_config, zero_stage
 from flip_dist.dist.metrics_log import MetricsLog
 from flip_dist.dist.sharding import (gather_table, has_table, load_nce_bias, set_sparse_lr, shard_sparse,
@@ -37,13 +38,15 @@ from flip_dist.models.flip import NCE_TABLE, FlipFinetuneDense, FlipPretrainDens
 from flip_dist.models.objectives import objectives
 from flip_dist.models.masking import RowShard
 from flip_dist.models.sampling import AliasSampler
-from flip_dist.train.checkpoint import read_meta, save_state_dicts
+from flip_dist.train.checkpoint import (CKPT_MANIFEST, CheckpointError, digest_files,
+                                       find_latest_checkpoint, load_rank_state, read_meta, run_identity,
+                                       save_state_dicts,
+                                       verify_checkpoint, write_checkpoint_manifest)
 from flip_dist.train.local import build_encoders, dense_heads_state, load_training_state, warmup_cosine
 from flip_dist.train.steps import TextIds, finetune_inputs, pretrain_inputs
 
 log = logging.getLogger(__name__)
 
-CKPT_MANIFEST = "flip_checkpoint.json"
 STAGES = ("pretrain", "finetune", "evaluate")
 
 
@@ -137,11 +140,22 @@ class Runtime:
         self.run_dir = Path(run_dir)
         self.log = MetricsLog(self.run_dir, enabled=self.env.rank == 0)
         self.resume = resume
-        self.train = ShardReader(self.data_dir, "train") if cfg.dist.data == "exact" and stage != "evaluate" else None
         from flip_dist.data.shards import read_manifest
 
         self.manifest = read_manifest(self.data_dir)
+        self.identity = run_identity(cfg.to_dict(), stage, self.manifest)
         self.pad_id = int(self.manifest.get("text_pad_id") or 0)
+        self.train: ShardReader | None = None
+        self.stream: RankStream | None = None
+        if stage != "evaluate" and cfg.dist.data == "exact":
+            self.train = ShardReader(self.data_dir, "train")
+        elif stage != "evaluate":
+            self.stream = RankStream(list_shards(self.data_dir, "train"), self.env.rank, self.env.world,
+                                     self.tc.batch_size, cfg.dist.shuffle_buffer_rows, self.tc.seed, self.pad_id)
+        self.ledger = None
+        if cfg.dist.sample_log and stage != "evaluate":     # which rows each step trained, for audits
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            self.ledger = open(self.run_dir / "samples" / f"rank{self.env.rank}.jsonl", "a", encoding="utf-8")
         world_batch = self.tc.batch_size * self.env.world
         self.steps_per_epoch = (self.manifest["num_train"] // self.env.world) // self.tc.batch_size
         if stage != "evaluate" and self.steps_per_epoch == 0:
@@ -223,29 +237,22 @@ class Runtime:
     def _sparse_view(self) -> Any:
         return self.sparse.module if self.sparse is not None else None
 
-    def batches(self, epoch: int) -> Iterator[Batch]:
-        """This rank's batches of one epoch, in order."""
-        B, env = self.tc.batch_size, self.env
-        if self.train is not None:       # exact: the single process's global batches, sliced
-            for idx in self.train.batch_indices(B * env.world, shuffle=True, seed=self.tc.seed + epoch, drop_last=True):
-                yield self.train.take(idx[env.rank * B:(env.rank + 1) * B])
+    def batches(self, epoch: int, skip: int) -> Iterator[Batch]:
+        """This rank's batches of one epoch from batch `skip` on: a function of (seed, epoch, rank)
+        alone, so a resumed run trains exactly what the uninterrupted one would have."""
+        if self.stream is not None:      # ray: this rank's seeded share, streamed by Ray Data
+            yield from self.stream.batches(epoch, skip)
             return
-        import ray.train
-
-        shard = ray.train.get_dataset_shard("train")
-        buffer = self.cfg.dist.shuffle_buffer_rows or None
-        for table in shard.iter_batches(batch_size=B, batch_format="pyarrow", drop_last=True,
-                                        local_shuffle_buffer_size=buffer,
-                                        local_shuffle_seed=self.tc.seed + 1000 * epoch + env.rank if buffer else None):
-            yield table_to_batch(table, self.pad_id)
+        B, env = self.tc.batch_size, self.env  # exact: the single process's global batches, sliced
+        for i, idx in enumerate(self.train.batch_indices(B * env.world, shuffle=True, seed=self.tc.seed + epoch,
+                                                         drop_last=True)):
+            if i >= skip:
+                yield self.train.take(idx[env.rank * B:(env.rank + 1) * B])
 
     def _positions(self) -> Iterator[Batch]:
         """Batches from the current step on (a resumed run skips what it already trained on)."""
         for epoch in range(self.step // self.steps_per_epoch, self.tc.epochs):
-            skip = self.step - epoch * self.steps_per_epoch
-            for i, batch in enumerate(self.batches(epoch)):
-                if i >= skip:
-                    yield batch
+            yield from self.batches(epoch, max(0, self.step - epoch * self.steps_per_epoch))
 
     # ------------------------------------------------------------------ steps
     SPARSE_OUTPUTS = ("emb", "emb_masked", "nce_rows")
@@ -293,7 +300,9 @@ class Runtime:
         while self.step < stop:
             batch = next(data, None)
             if not _all_have(batch is not None, self.env.device):
-                break
+                raise FlipDataError(f"{self.stage} ran out of training data at step {self.step} of {stop}: the "
+                                    f"shards hold fewer rows than the manifest's num_train="
+                                    f"{self.manifest['num_train']}", path=str(self.data_dir / "train"))
             if self.sparse is not None:
                 set_sparse_lr(self.sparse, self.tc.embed_lr * factor(self.step // accum))
             losses = step_fn(batch)
@@ -302,6 +311,9 @@ class Runtime:
             self.engine.step()
             self.step += 1
             seen += len(batch)
+            if self.ledger is not None and batch.row_ids is not None:
+                self.ledger.write(json.dumps({"step": self.step, "rows": batch.row_ids.tolist()}) + "\n")
+                self.ledger.flush()
             bar.update(1)
             if self.step % dc.log_every == 0 or self.step == stop:
                 row = _mean_over_ranks({k: float(v.detach()) for k, v in losses.items() if v.dim() == 0},
@@ -363,55 +375,67 @@ class Runtime:
             return
         tmp = Path(tempfile.mkdtemp(prefix=f"flip-ckpt-r{self.env.rank}-"))
         try:
-            self.save_checkpoint(tmp)
+            self.save_checkpoint(tmp, shared=False)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _save_checkpoint_locally(self) -> None:
         """Outside Ray Train (torchrun, one-GPU checks): run_dir/checkpoints/step-N, written into a
-        hidden folder every rank shares, renamed when all have finished."""
+        hidden folder every rank shares, renamed when all have finished (never over a folder that
+        holds no checkpoint manifest)."""
+        from flip_dist.io_atomic import check_replaceable
+
         final = self.run_dir / "checkpoints" / f"step-{self.step:08d}"
         tmp = final.parent / f".{final.name}.tmp"
         if self.env.rank == 0:
+            check_replaceable(final, CKPT_MANIFEST)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        self.save_checkpoint(tmp)
+        self.save_checkpoint(tmp, shared=True)
         dist.barrier()
         if self.env.rank == 0:
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
 
-    def save_checkpoint(self, folder: Path) -> None:
+    def save_checkpoint(self, folder: Path, shared: bool) -> None:
+        """Every rank writes its files (the table shards, its part of the engine state, its RNGs);
+        then the digests of all ranks' files go into one manifest, which rank 0 writes last.
+        `shared`: all ranks write into the same folder (else each into its own, merged by Ray)."""
         import torch.distributed.checkpoint as dcp
 
         if self.sparse is not None:
             dcp.save({"tables": self.sparse.state_dict(), "optim": self.sparse.fused_optimizer.state_dict()},
                      checkpoint_id=str(folder / "sparse"))
         self.engine.save_checkpoint(str(folder / "dense"), tag="state")
-        torch.save({"step": self.step, "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state() if self.env.device.type == "cuda" else None},
+        torch.save({"step": torch.tensor(self.step), "generator": self.gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    **({"cuda_rng": torch.cuda.get_rng_state()} if self.env.device.type == "cuda" else {})},
                    folder / f"rank{self.env.rank}.pt")
+        dist.barrier()
+        mine = digest_files(folder) if not shared or self.env.rank == 0 else {}
+        everyone: list[Any] = [None] * self.env.world
+        dist.all_gather_object(everyone, mine)
+        files: dict[str, Any] = {}
+        for digests in everyone:
+            for rel, digest in digests.items():
+                if files.setdefault(rel, digest) != digest:
+                    raise CheckpointError(f"two ranks wrote {rel} with different contents", path=str(folder))
         if self.env.rank == 0:
-            (folder / CKPT_MANIFEST).write_text(json.dumps({
+            write_checkpoint_manifest(folder, {
                 "stage": self.stage, "step": self.step, "total_steps": self.total_steps,
                 "world_size": self.env.world, "zero_stage": zero_stage(self.ds_config),
-                "sharding": self.cfg.dist.sharding, "data": str(self.data_dir),
-                "config": asdict(self.cfg)}, indent=2))
+                "sharding": self.cfg.dist.sharding, "data": str(self.data_dir), "identity": self.identity,
+                "config": asdict(self.cfg)}, files)
 
-    def restore(self, folder: str) -> None:
+    def restore(self, folder: str | Path) -> None:
+        """Continue from a checkpoint: verified file by file before anything pickled in it is read."""
         import torch.distributed.checkpoint as dcp
 
         path = Path(folder)
-        manifest = check_checkpoint(path)
-        if manifest["stage"] != self.stage:
-            raise FlipConfigError(f"checkpoint {path} is from {manifest['stage']}, not {self.stage}")
-        if manifest["world_size"] != self.env.world:
-            raise FlipConfigError(
-                f"checkpoint {path} was written by {manifest['world_size']} workers, this run has {self.env.world}: "
-                "the tables would re-shard, but DeepSpeed ZeRO's optimizer partitions do not. Resume with "
-                f"dist.num_workers={manifest['world_size']}, or start a new run from an export.")
+        manifest = verify_checkpoint(path)
+        check_resumable(manifest, path, self.stage, self.env.world, self.identity)
         if self.sparse is not None:
             state = {"tables": self.sparse.state_dict(), "optim": self.sparse.fused_optimizer.state_dict()}
             dcp.load(state, checkpoint_id=str(path / "sparse"))
@@ -419,13 +443,14 @@ class Runtime:
             self.sparse.fused_optimizer.load_state_dict(state["optim"])
         load_path, _ = self.engine.load_checkpoint(str(path / "dense"), tag="state")
         if load_path is None:
-            raise FlipDataError("DeepSpeed found no engine state", path=str(path / "dense"))
-        mine = torch.load(path / f"rank{self.env.rank}.pt", weights_only=False)
+            raise CheckpointError("DeepSpeed found no engine state", path=str(path / "dense"))
+        mine = load_rank_state(path, self.env.rank)
         self.step = int(mine["step"])
         self.gen.set_state(mine["generator"])
         torch.set_rng_state(mine["torch_rng"])
-        if mine["cuda_rng"] is not None:
+        if "cuda_rng" in mine:
             torch.cuda.set_rng_state(mine["cuda_rng"])
+        self.log.rewind(self.stage, self.step)      # the steps after the checkpoint are trained again
 
     # ------------------------------------------------------------------ export
     def export(self, folder: Path) -> None:
@@ -451,21 +476,49 @@ class Runtime:
 
             save_state_dicts(folder, states, {"stage": self.stage, "config": asdict(self.cfg),
                                               "data": str(self.data_dir), "steps": self.step,
+                                              "dataset_fingerprint": self.identity["dataset"],
                                               "runtime": "distributed", "world_size": self.env.world}, extra=hf)
 
 
-def check_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's manifest, after checking that every rank's files are there."""
-    manifest_path = path / CKPT_MANIFEST
-    if not manifest_path.is_file():
-        raise FlipDataError(f"not a flip_dist checkpoint (no {CKPT_MANIFEST})", path=str(path))
-    manifest = json.loads(manifest_path.read_text())
-    missing = [f"rank{r}.pt" for r in range(manifest["world_size"]) if not (path / f"rank{r}.pt").is_file()]
-    if not (path / "dense" / "state").is_dir():
-        missing.append("dense/state/")
-    if missing:
-        raise FlipDataError(f"incomplete checkpoint: missing {missing}", path=str(path))
-    return manifest
+def check_resumable(manifest: dict[str, Any], path: Path, stage: str, world: int, identity: dict[str, str]) -> None:
+    """A verified checkpoint may be resumed by this run: same stage, same number of workers (ZeRO's
+    optimizer partitions do not re-shard), same dataset. Another config only warns (an explicit
+    resume may change e.g. the number of steps on purpose; `latest` never picks such a checkpoint)."""
+    if manifest["stage"] != stage:
+        raise CheckpointError(f"checkpoint is from {manifest['stage']}, not {stage}", path=str(path))
+    if manifest["world_size"] != world:
+        raise CheckpointError(
+            f"checkpoint was written by {manifest['world_size']} workers, this run has {world}: the tables "
+            "would re-shard, but DeepSpeed ZeRO's optimizer partitions do not. Resume with "
+            f"dist.num_workers={manifest['world_size']}, or start a new run from an export.", path=str(path))
+    theirs = manifest.get("identity", {})
+    if theirs.get("dataset") != identity["dataset"]:
+        raise CheckpointError(f"checkpoint belongs to another dataset (fingerprint {theirs.get('dataset')}, this "
+                              f"run's data {identity['dataset']}): its tables index another vocabulary", path=str(path))
+    if theirs.get("config") != identity["config"]:
+        log.warning("checkpoint %s was written with another config than this run's; resuming it as asked", path)
+
+
+def _restart_checkpoint(cfg: FlipConfig, stage: str, identity: dict[str, str]) -> Any:
+    """After a worker-group restart, Ray Train hands every worker the last checkpoint all ranks
+    reported. If it does not verify, the newest good one of this dataset and config is taken."""
+    if not _under_ray_train():
+        return None
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    try:
+        verify_checkpoint(ckpt.path)
+        return ckpt.path
+    except (CheckpointError, OSError) as e:
+        log.warning("the checkpoint Ray Train restored does not verify (%s); looking for an older one", e)
+        found = find_latest_checkpoint(cfg.dist.storage_path, stage, identity)
+        if found is None:
+            raise CheckpointError("no checkpoint of this run verifies; cannot continue after the restart",
+                                  path=str(ckpt.path)) from e
+        return str(found)
 
 
 def worker_loop(config: dict[str, Any]) -> None:
@@ -480,9 +533,12 @@ def worker_loop(config: dict[str, Any]) -> None:
         rt.report(metrics, checkpoint=False)
         rt.log.close()
         return
-    if rt.resume:
-        rt.restore(rt.resume)
+    resume = _restart_checkpoint(rt.cfg, rt.stage, rt.identity) or rt.resume
+    if resume:
+        rt.restore(resume)
     result = rt.fit()
+    if rt.ledger is not None:
+        rt.ledger.close()
     if result["finished"]:
         rt.export(rt.run_dir / "export")
         if rt.stage == "finetune":

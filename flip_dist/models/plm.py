@@ -6,6 +6,7 @@ folder (`plm_path`), else with random weights, for throughput and memory work, a
 warning. Never a hub download; `trust_remote_code` only when asked."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,27 @@ class PLMInfo:
     hidden_size: int
     vocab_size: int
     random_weights: bool
+
+
+def text_spec(name: str, plm_path: str | None) -> tuple[str, int]:
+    """(tokenizer the PLM expects, its vocabulary size) from configs alone, no weights: what the
+    driver checks a dataset against before any worker loads the model."""
+    if name == MINILM and plm_path is None:
+        folder = minilm_path()
+    elif name in ARCHITECTURES and plm_path is None:
+        _, tokenizer, arch = ARCHITECTURES[name]
+        return tokenizer, arch["vocab_size"]
+    else:
+        folder = Path(plm_path or name)
+    config = folder / "config.json"
+    if not config.is_file():
+        raise FlipConfigError(f"PLM {name!r}: {folder} has no config.json")
+    try:
+        vocab = int(json.loads(config.read_text(encoding="utf-8"))["vocab_size"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise FlipConfigError(f"PLM config {config} has no usable vocab_size ({e})") from None
+    tokenizer = MINILM if name == MINILM else ARCHITECTURES[name][1] if name in ARCHITECTURES else str(folder)
+    return tokenizer, vocab
 
 
 def load_plm(name: str, plm_path: str | None = None, *, trust_remote_code: bool = False,

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from flip_dist.config import FlipConfig
 from flip_dist.data.batches import ShardReader
+from flip_dist.data.shards import read_manifest
 from flip_dist.errors import FlipConfigError
 from flip_dist.eval.metrics import CTRMetrics
 from flip_dist.models.flip import FlipFinetuneDense, FlipPretrainDense, FlipSparse
@@ -27,7 +28,7 @@ from flip_dist.models.sampling import AliasSampler
 from flip_dist.text_assets import MINILM, ROBERTA_BPE
 from flip_dist.models.embedding import TABLE_NAME
 from flip_dist.models.flip import NCE_TABLE
-from flip_dist.train.checkpoint import load_module, read_meta, save_state_dicts
+from flip_dist.train.checkpoint import dataset_fingerprint, load_module, load_state_file, read_meta, save_state_dicts
 from flip_dist.train.steps import TextIds, finetune_inputs, pretrain_inputs
 
 log = logging.getLogger(__name__)
@@ -77,16 +78,23 @@ def _steps(n_rows: int, cfg: Any) -> int:
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
-def _check_text(manifest: dict, info: Any) -> None:
+def _check_text(manifest: dict, plm: str, tokenizer: str, vocab_size: int) -> None:
     """Token ids mean nothing to a PLM of another vocabulary: refuse to start rather than train on
     silently wrong tokens."""
     named = {MINILM, ROBERTA_BPE}
     data_tok = manifest.get("tokenizer_name")
-    wrong_family = data_tok in named and info.tokenizer in named and data_tok != info.tokenizer
-    if wrong_family or manifest["text_vocab_size"] > info.vocab_size:
+    wrong_family = data_tok in named and tokenizer in named and data_tok != tokenizer
+    if wrong_family or manifest["text_vocab_size"] > vocab_size:
         raise FlipConfigError(f"the dataset was tokenized with {data_tok} ({manifest['text_vocab_size']} tokens) "
-                              f"but the PLM {info.name} expects {info.tokenizer} ({info.vocab_size}): "
+                              f"but the PLM {plm} expects {tokenizer} ({vocab_size}): "
                               "preprocess with the PLM's tokenizer (--tokenizer)")
+
+
+def check_text_matches(manifest: dict, model: Any) -> None:
+    """The same check from the PLM's config alone (the driver, before workers load weights)."""
+    from flip_dist.models.plm import text_spec
+
+    _check_text(manifest, model.plm, *text_spec(model.plm, model.plm_path))
 
 
 def build_encoders(cfg: FlipConfig, manifest: dict) -> tuple[nn.Module, nn.Module, Any]:
@@ -94,7 +102,7 @@ def build_encoders(cfg: FlipConfig, manifest: dict) -> tuple[nn.Module, nn.Modul
     the PLM's (every runtime builds them here)."""
     plm, info = load_plm(cfg.model.plm, cfg.model.plm_path, trust_remote_code=cfg.model.trust_remote_code,
                          num_layers=cfg.model.plm_layers, dropout=cfg.model.plm_dropout)
-    _check_text(manifest, info)
+    _check_text(manifest, info.name, info.tokenizer, info.vocab_size)
     id_model = build_id_model(cfg.model.id_model, manifest["num_fields"], cfg.model.embed_dim, **cfg.model.id_params)
     return plm, id_model, info
 
@@ -145,9 +153,8 @@ def load_training_state(folder: str | Path, expect: str, plm: nn.Module, id_mode
     load_module(folder, "plm", plm)
     load_module(folder, "id_model", id_model)
     for name, table in (("embedding", TABLE_NAME), ("nce", NCE_TABLE)):
-        path = Path(folder) / f"{name}.pt"
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        if (Path(folder) / f"{name}.pt").is_file():
+            state = load_state_file(folder, f"{name}.pt")
             load_table(table, state[f"ebc.embedding_bags.{table}.weight"])
     if dense is not None and (Path(folder) / "heads.pt").is_file():
         load_module(folder, "heads", dense, strict=False)
@@ -189,6 +196,7 @@ def save_pretrain(cfg: FlipConfig, folder: str | Path, sparse: FlipSparse, dense
     states = {k: m.state_dict() for k, m in modules.items() if m is not None}
     states["heads"] = dense_heads_state(dense)
     return save_state_dicts(folder, states, {"stage": "pretrain", "config": asdict(cfg), "data": str(data_dir),
+                                             "dataset_fingerprint": dataset_fingerprint(read_manifest(data_dir)),
                                              "steps": steps, "runtime": "local"})
 
 

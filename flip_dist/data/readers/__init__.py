@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 
 from flip_dist.data.readers.base import DatasetSpec, PartResult, RawPart, RawReader
+from flip_dist.data.readers.guarded import DEFAULT_LIMITS, ReadLimits
 from flip_dist.errors import FlipDataError
 
 READERS = {
@@ -21,4 +22,5 @@ def get_reader(name: str) -> RawReader:
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["DatasetSpec", "PartResult", "RawPart", "RawReader", "get_reader", "READERS"]
+__all__ = ["DatasetSpec", "PartResult", "RawPart", "RawReader", "ReadLimits", "DEFAULT_LIMITS", "get_reader",
+           "READERS"]

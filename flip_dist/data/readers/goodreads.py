@@ -14,7 +14,10 @@ num_reviews is text_reviews_count (ratings_count counts ratings, not reviews).
 
 Label = rating > 3. Rating 0 means shelved, not rated: dropped (`dropped_rating_0`). Interactions
 whose book is not in the books file are dropped (`dropped_unknown_book`). Malformed lines are
-skipped and counted with their line number (or byte offset, for parts that start mid-file).
+skipped and counted with their line number (or byte offset, for parts that start mid-file); so
+are lines over `max_line_bytes`, which are never read whole. A .gz is read through GzipGuard: a
+file that inflates past `max_inflation` x its size, or a corrupt stream, is an error naming it.
+CSV columns are found by header name, in any order; side files admit no bad line (an error names it).
 
 Scale: 228M interactions and 2.3M books in the real data. Plain files split into line-aligned byte
 ranges; a .gz file is one part (decompress it first to read it in parallel). Each part is parsed in
@@ -24,7 +27,6 @@ sorted int64 array of book ids and an Arrow table of the 13 book-side fields, jo
 """
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ import pyarrow.json as pajson
 from flip_dist.data.bad_rows import BadRows
 from flip_dist.data.readers.base import (DatasetSpec, PartResult, RawPart, RawReader, byte_ranges,
                                          require_file, row_ids, seeded_order)
+from flip_dist.data.readers.guarded import (DEFAULT_LIMITS, LineCheck, LineTooLong, ReadLimits, column_index,
+                                            header_line, long_lines, open_raw, read_line, skip_line)
 from flip_dist.errors import FlipDataError
 
 FIELDS = ("user_id", "book_id", "title", "genres", "average_rating", "num_reviews", "author_id",
@@ -152,30 +156,53 @@ def _books_files(raw_dir: Path) -> list[Path]:
     return files
 
 
-def _open(path: Path) -> io.BufferedIOBase:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
-
-
-def _line_chunks(path: Path, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """(offset of the first byte, whole lines) for the lines that start in [start, end).
+def _line_chunks(path: Path, start: int, end: int, chunk_bytes: int, limits: ReadLimits = DEFAULT_LIMITS,
+                 bad: BadRows | None = None) -> Iterator[tuple[int, bytes]]:
+    """(locator of the first line, whole lines) for the lines that start in [start, end); the
+    locator is the 1-based line number when start == 0, else the line's byte offset (as in
+    base.iter_lines).
 
     Same rule as base.iter_lines: the line straddling `start` belongs to the previous range, the one
-    straddling `end` to this one, so consecutive ranges cover every line exactly once."""
-    with _open(path) as f:
-        pos = 0
+    straddling `end` to this one, so consecutive ranges cover every line exactly once. A line longer
+    than `limits.max_line_bytes` is left out and counted in `bad` (without `bad`: a FlipDataError);
+    no more than a chunk plus the limit is ever in memory. A .gz goes through GzipGuard."""
+    limit, by_line = limits.max_line_bytes, start == 0
+    with open_raw(path, limits) as f:
+        pos, line = 0, 1
         if start > 0:
             f.seek(start - 1)
             pos = start
             if f.read(1) != b"\n":
-                pos += len(f.readline())
+                pos += skip_line(f)
         while end < 0 or pos < end:
             data = f.read(chunk_bytes if end < 0 else min(chunk_bytes, end - pos))
             if not data:
                 return
+            skipped = 0
             if not data.endswith(b"\n"):
-                data += f.readline()
-            yield pos, data
-            pos += len(data)
+                tail = f.readline(limit + 1)
+                data += tail
+                if len(tail) > limit and not tail.endswith(b"\n"):
+                    skipped = skip_line(f)          # the last line runs on past the limit
+            done = 0
+            for a, b in long_lines(data, limit):
+                if a > done:
+                    yield _locate(data, done, by_line, line, pos), data[done:a]
+                loc = _locate(data, a, by_line, line, pos)
+                if bad is None:
+                    raise FlipDataError(limits.long_line(), path=str(path), row=loc)
+                bad.add(str(path), loc, limits.long_line(), _text(data[a:a + 200]))
+                done = b + 1
+            if done < len(data):
+                yield _locate(data, done, by_line, line, pos), (data[done:] if done else data)
+            pos += len(data) + skipped
+            if by_line:
+                line += data.count(b"\n") + (not data.endswith(b"\n"))
+
+
+def _locate(data: bytes, i: int, by_line: bool, first_line: int, first_pos: int) -> int:
+    """The locator of the line starting at data[i]: its line number, or its byte offset."""
+    return first_line + data.count(b"\n", 0, i) if by_line else first_pos + i
 
 
 def _locators(data: bytes, first: int, by_line: bool) -> tuple[list[bytes], np.ndarray]:
@@ -214,10 +241,18 @@ def _first_author(v: Any) -> list[dict[str, str | None]] | None:
     return [{"author_id": _to_str(a.get("author_id"))} for a in v[:1] if isinstance(a, dict)]
 
 
-def _json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) of a JSON-lines file; anything else is an error naming the line."""
-    with _open(path) as f:
-        for lineno, raw in enumerate(f, 1):
+def _json_records(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of a JSON-lines file; anything else (a line over the limit included)
+    is an error naming the line."""
+    with open_raw(path, limits) as f:
+        lineno = 0
+        while True:
+            raw, long = read_line(f, limits.max_line_bytes)
+            if not raw:
+                return
+            lineno += 1
+            if long:
+                raise FlipDataError(limits.long_line(), path=str(path), row=lineno)
             if not raw.strip():
                 continue
             try:
@@ -229,17 +264,20 @@ def _json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, rec
 
 
-def _read_side_slow(path: Path, schema: pa.Schema) -> tuple[pa.Table, np.ndarray]:
+def _read_side_slow(path: Path, schema: pa.Schema, limits: ReadLimits = DEFAULT_LIMITS
+                    ) -> tuple[pa.Table, np.ndarray]:
     """Line-by-line read of `schema`'s keys, each required; returns the table and line numbers."""
     cols: dict[str, list[Any]] = {n: [] for n in schema.names}
     lines: list[int] = []
-    for lineno, rec in _json_records(path):
+    for lineno, rec in _json_records(path, limits):
         for name in schema.names:
             if name not in rec:
                 raise FlipDataError(f"missing key (the line has {sorted(rec)[:20]})",
                                     path=str(path), row=lineno, key=name)
-            v = rec[name]
-            cols[name].append(_first_author(v) if name == "authors" else _to_str(v))
+            v = _first_author(rec[name]) if name == "authors" else _to_str(rec[name])
+            if isinstance(v, str) and not _encodable(v):
+                raise FlipDataError("value is not valid UTF-8 text", path=str(path), row=lineno, key=name)
+            cols[name].append(v)
         lines.append(lineno)
     if not lines:
         raise FlipDataError("file is empty", path=str(path))
@@ -247,19 +285,40 @@ def _read_side_slow(path: Path, schema: pa.Schema) -> tuple[pa.Table, np.ndarray
         np.asarray(lines, dtype=np.int64)
 
 
-def _read_side(path: Path, schema: pa.Schema) -> tuple[pa.Table, np.ndarray | None]:
-    """`schema`'s keys of a JSON-lines file with Arrow's reader (threads, no per-line Python);
-    anything odd (parse error, a null, bad UTF-8) goes to the slow path, which names the line."""
+def _encodable(v: str) -> bool:
     try:
-        t = pajson.read_json(str(path), read_options=pajson.ReadOptions(block_size=SIDE_BLOCK),
-                             parse_options=pajson.ParseOptions(explicit_schema=schema,
-                                                               unexpected_field_behavior="ignore"))
+        v.encode("utf-8")
+    except UnicodeEncodeError:       # a lone surrogate from a "\ud800" escape
+        return False
+    return True
+
+
+def _arrow_source(path: Path, limits: ReadLimits) -> LineCheck:
+    """What Arrow's readers read a raw file from: the file through LineCheck (a line over the limit
+    stops the fast path) and, for a .gz, GzipGuard (the inflation budget holds there too)."""
+    return LineCheck(open_raw(path, limits), path, limits)
+
+
+def _read_side(path: Path, schema: pa.Schema, limits: ReadLimits = DEFAULT_LIMITS
+               ) -> tuple[pa.Table, np.ndarray | None]:
+    """`schema`'s keys of a JSON-lines file with Arrow's reader (threads, no per-line Python);
+    anything odd (parse error, a null, bad UTF-8, a line over the limit) goes to the slow path,
+    which names the line. A gzip error is final."""
+    try:
+        with _arrow_source(path, limits) as src:
+            t = pajson.read_json(src, read_options=pajson.ReadOptions(block_size=SIDE_BLOCK),
+                                 parse_options=pajson.ParseOptions(explicit_schema=schema,
+                                                                   unexpected_field_behavior="ignore"))
         t.validate(full=True)
         if t.num_rows and all(t.column(n).null_count == 0 for n in schema.names):
             return t.combine_chunks(), None
+    except LineTooLong:
+        pass
+    except FlipDataError:
+        raise
     except (pa.ArrowException, ValueError):
         pass
-    return _read_side_slow(path, schema)
+    return _read_side_slow(path, schema, limits)
 
 
 def _clean(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -292,28 +351,36 @@ def _ids(col: pa.Array, what: str, path: Path, lines: np.ndarray | None,
     return pc.cast(col, pa.int64()).to_numpy()
 
 
-def _genre_strings(path: Path) -> tuple[pa.Array, pa.Array]:
+def _genre_strings(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> tuple[pa.Array, pa.Array]:
     """(book_id, genres text) from goodreads_book_genres_initial: the MAX_GENRES genres with the
     highest counts, ties by name, joined with ", "."""
     try:
-        t = pajson.read_json(str(path), read_options=pajson.ReadOptions(block_size=SIDE_BLOCK))
+        with _arrow_source(path, limits) as src:
+            t = pajson.read_json(src, read_options=pajson.ReadOptions(block_size=SIDE_BLOCK))
         t.validate(full=True)
         names = t.schema.names
         if "book_id" in names and "genres" in names and pa.types.is_struct(t.schema.field("genres").type) \
                 and t.num_rows and t.column("book_id").null_count == t.column("genres").null_count == 0 \
                 and pa.types.is_string(t.schema.field("book_id").type):
             return _genre_strings_fast(t)
+    except LineTooLong:
+        pass
+    except FlipDataError:
+        raise
     except (pa.ArrowException, ValueError):
         pass
     ids, texts = [], []
-    for lineno, rec in _json_records(path):
+    for lineno, rec in _json_records(path, limits):
         for key in ("book_id", "genres"):
             if key not in rec:
                 raise FlipDataError("missing key", path=str(path), row=lineno, key=key)
         g = rec["genres"] if isinstance(rec["genres"], dict) else {}
         top = sorted((-c, n) for n, c in g.items() if isinstance(c, (int, float)) and c > 0)
-        ids.append(_to_str(rec["book_id"]))
-        texts.append(", ".join(n for _, n in top[:MAX_GENRES]))
+        book, text = _to_str(rec["book_id"]), ", ".join(n for _, n in top[:MAX_GENRES])
+        if not all(_encodable(v) for v in (book or "", text)):
+            raise FlipDataError("value is not valid UTF-8 text", path=str(path), row=lineno)
+        ids.append(book)
+        texts.append(text)
     if not ids:
         raise FlipDataError("file is empty", path=str(path))
     return pa.array(ids, pa.string()), pa.array(texts, pa.string())
@@ -338,20 +405,39 @@ def _genre_strings_fast(t: pa.Table) -> tuple[pa.Array, pa.Array]:
     return t.column("book_id").combine_chunks(), texts.take(pa.array(inverse.reshape(-1)))
 
 
-def _read_map(path: Path, key: str, value: str, value_type: pa.DataType) -> tuple[np.ndarray, pa.Array]:
-    """A two-column id map (user_id_map.csv, book_id_map.csv), sorted by its integer key."""
-    with open(path, "rb") as f:
-        header = [c.strip() for c in _text(f.readline()).rstrip("\r\n").split(",")]
-    for k in (key, value):
-        if k not in header:
-            raise FlipDataError(f"missing column (header has {header})", path=str(path), key=k)
+def _csv_names(path: Path, want: tuple[str, ...], limits: ReadLimits) -> list[str]:
+    """The column names on line 1 of a CSV file (bounded, strict UTF-8: errors name line 1),
+    checked to hold `want`."""
+    header = header_line(path, "utf-8", limits)
+    names = [c.strip() for c in header.split(",")]
+    column_index(path, names, want, ",", header)
+    return names
+
+
+def _data_after_header(path: Path, limits: ReadLimits) -> bool:
+    """Whether anything but white space follows line 1 (read in bounded pieces)."""
+    with open_raw(path, limits) as f:
+        read_line(f, limits.max_line_bytes)
+        for piece in iter(lambda: f.read(1 << 16), b""):
+            if not piece.isspace():
+                return True
+    return False
+
+
+def _read_map(path: Path, key: str, value: str, value_type: pa.DataType,
+              limits: ReadLimits = DEFAULT_LIMITS) -> tuple[np.ndarray, pa.Array]:
+    """A two-column id map (user_id_map.csv, book_id_map.csv), sorted by its integer key; its
+    columns are found by name. Arrow reads it in bounded blocks (a line over a block fails)."""
+    _csv_names(path, (key, value), limits)
+    if not _data_after_header(path, limits):
+        raise FlipDataError("no data rows (only a header)", path=str(path))
     try:
         t = pacsv.read_csv(str(path), convert_options=pacsv.ConvertOptions(
             column_types={key: pa.int64(), value: value_type}, include_columns=[key, value]))
     except pa.ArrowException as e:
-        raise FlipDataError(f"cannot parse ({e})", path=str(path)) from None
+        raise FlipDataError(f"cannot parse ({' '.join(str(e).split())[:300]})", path=str(path)) from None
     if not t.num_rows:
-        raise FlipDataError("the map has no rows", path=str(path))
+        raise FlipDataError("no data rows (the map is empty)", path=str(path))
     if t.column(key).null_count or t.column(value).null_count:
         raise FlipDataError("empty id in the map", path=str(path))
     keys = t.column(key).to_numpy()
@@ -532,13 +618,9 @@ def _apply_checks(checks: list[tuple[str, np.ndarray]], n: int, locs: np.ndarray
     return ok
 
 
-def _csv_header(path: Path) -> list[str]:
-    with open(path, "rb") as f:
-        header = [c.strip() for c in _text(f.readline()).rstrip("\r\n").split(",")]
-    for key in CSV_COLUMNS:
-        if key not in header:
-            raise FlipDataError(f"missing column (header has {header})", path=str(path), key=key)
-    return header
+def _csv_header(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> list[str]:
+    """The interactions CSV's column names; CSV_COLUMNS are then read by name, in any order."""
+    return _csv_names(path, CSV_COLUMNS, limits)
 
 
 def _csv_fast(data: bytes, header: list[str]) -> pa.Table | None:
@@ -623,25 +705,25 @@ class GoodReadsReader(RawReader):
                 out.append(RawPart(len(out), str(path), start, end, {"form": form}))
         return out
 
-    def context(self, raw_dir: Path) -> GoodReadsContext:
+    def context(self, raw_dir: Path, limits: ReadLimits = DEFAULT_LIMITS) -> GoodReadsContext:
         raw_dir = Path(raw_dir)
-        book_ids, books = self._books(raw_dir)
+        book_ids, books = self._books(raw_dir, limits)
         ctx = GoodReadsContext(book_ids, books)
         if _interaction_files(raw_dir)[0] == "csv":
             ctx.user_csv_ids, ctx.user_names = _read_map(require_file(raw_dir, USER_MAP),
-                                                         "user_id_csv", "user_id", pa.string())
+                                                         "user_id_csv", "user_id", pa.string(), limits)
             ctx.book_csv_ids, real = _read_map(require_file(raw_dir, BOOK_MAP),
-                                               "book_id_csv", "book_id", pa.int64())
+                                               "book_id_csv", "book_id", pa.int64(), limits)
             ctx.book_csv_real = real.to_numpy()
         return ctx
 
-    def _books(self, raw_dir: Path) -> tuple[np.ndarray, pa.Table]:
+    def _books(self, raw_dir: Path, limits: ReadLimits) -> tuple[np.ndarray, pa.Table]:
         """Sorted unique book ids and their 13 book-side columns (first record of a repeated id wins)."""
         tables, ids = [], []
         for path in _books_files(raw_dir):
-            t, lines = _read_side(path, BOOK_SCHEMA)
+            t, lines = _read_side(path, BOOK_SCHEMA, limits)
             ids.append(_ids(t.column("book_id"), "book_id", path, lines,
-                            lambda p=path: _read_side_slow(p, BOOK_SCHEMA)))
+                            lambda p=path: _read_side_slow(p, BOOK_SCHEMA, limits)))
             tables.append(t)
         t = pa.concat_tables(tables).combine_chunks()
         uniq, first = np.unique(np.concatenate(ids), return_index=True)
@@ -652,54 +734,54 @@ class GoodReadsReader(RawReader):
             pc.if_else(has, authors, pa.scalar(None, authors.type)), 0), "author_id")
         cols: dict[str, pa.Array] = {f: _clean(t.column(k)) for f, k in BOOK_KEYS.items()}
         cols["author_id"] = _clean(first_author)
-        cols["author_name"] = self._side_lookup(raw_dir, AUTHORS, first_author, "author_id", "name")
+        cols["author_name"] = self._side_lookup(raw_dir, AUTHORS, first_author, "author_id", "name", limits)
         cols["media_type"] = self._side_lookup(raw_dir, WORKS, t.column("work_id").combine_chunks(),
-                                               "work_id", "media_type")
+                                               "work_id", "media_type", limits)
         genres_path = _find(raw_dir, GENRES)
         if genres_path is not None and genres_path.stat().st_size:
-            g_ids, g_texts = _genre_strings(genres_path)
+            g_ids, g_texts = _genre_strings(genres_path, limits)
             cols["genres"] = _lookup(t.column("book_id").combine_chunks(), g_ids, g_texts)
         else:
             cols["genres"] = pa.array(np.full(t.num_rows, UNKNOWN, dtype=object), pa.string())
         return uniq, pa.table({f: cols[f] for f in BOOK_FIELDS})
 
     @staticmethod
-    def _side_lookup(raw_dir: Path, name: str, keys: pa.Array, key: str, value: str) -> pa.Array:
+    def _side_lookup(raw_dir: Path, name: str, keys: pa.Array, key: str, value: str,
+                     limits: ReadLimits) -> pa.Array:
         path = _find(raw_dir, name)
         if path is None:
             return pa.array(np.full(len(keys), UNKNOWN, dtype=object), pa.string())
         if path.stat().st_size == 0:
             raise FlipDataError("file is empty", path=str(path))
-        t, _ = _read_side(path, pa.schema([(key, pa.string()), (value, pa.string())]))
+        t, _ = _read_side(path, pa.schema([(key, pa.string()), (value, pa.string())]), limits)
         return _lookup(keys, t.column(key).combine_chunks(),
                        t.column(value).combine_chunks())
 
-    def read_part(self, part: RawPart, context: Any, seed: int) -> PartResult:
-        results = list(self.iter_part(part, context, seed, max_rows=1 << 62))
+    def read_part(self, part: RawPart, context: Any, seed: int,
+                  limits: ReadLimits = DEFAULT_LIMITS) -> PartResult:
+        results = list(self.iter_part(part, context, seed, max_rows=1 << 62, limits=limits))
         bad, stats = results[0].bad, results[0].stats
         return PartResult(pa.concat_tables([r.table for r in results]), bad, stats)
 
-    def iter_part(self, part: RawPart, context: Any, seed: int, max_rows: int) -> Iterator[PartResult]:
+    def iter_part(self, part: RawPart, context: Any, seed: int, max_rows: int,
+                  limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[PartResult]:
         """Streams: a table is yielded whenever `max_rows` kept rows have gathered, so a whole
         .gz file (one part) never sits in memory at once. Bad rows and stats ride on the last."""
         ctx: GoodReadsContext = context
         path = Path(part.path)
         csv = part.extra.get("form") == "csv"
-        header = _csv_header(path) if csv else []
+        header = _csv_header(path, limits) if csv else []
         bad = BadRows()
         stats = {"dropped_rating_0": 0, "dropped_unknown_book": 0}
         users: list[pa.Array] = []
         labels, order, where = [], [], []
         pending, emitted = 0, 0
-        by_line, next_line, seen = part.start == 0, 1, False
-        for offset, data in _line_chunks(path, part.start, part.end, self.chunk_bytes):
-            first = next_line if by_line else offset
-            if by_line:
-                next_line += data.count(b"\n")
-            seen = seen or not data.isspace()
+        by_line, seen = part.start == 0, False
+        for first, data in _line_chunks(path, part.start, part.end, self.chunk_bytes, limits, bad):
             if csv and by_line and first == 1:            # the header line
                 cut = data.find(b"\n") + 1
-                data, first = data[cut:], 2
+                data, first = (data[cut:], 2) if cut else (b"", 2)
+            seen = seen or (bool(data) and not data.isspace())
             rows = self._chunk(data, first, by_line, csv, header, path, bad, ctx)
             if rows is None or not len(rows.rating):
                 continue
@@ -719,8 +801,8 @@ class GoodReadsReader(RawReader):
                 emitted += table.num_rows
                 users, labels, order, where, pending = [], [], [], [], 0
                 yield PartResult(table, BadRows(), {})
-        if not seen and part.start == 0 and part.end < 0:
-            raise FlipDataError("file is empty", path=str(path))
+        if not seen and not bad.total and part.start == 0 and (part.end < 0 or part.end >= path.stat().st_size):
+            raise FlipDataError("no data rows (only a header)" if csv else "file is empty", path=str(path))
         table = self._table(part.index, emitted, seed, ctx, users, labels, order, where, csv)
         yield PartResult(table, bad, stats)
 
