@@ -69,8 +69,8 @@ def ray_session(cfg: RayConfig, *, dashboard: bool = True) -> Iterator[None]:
             ray.init(address=address, logging_level=logging.WARNING)
     else:
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-            log.warning("RAY_AUTH_MODE=disabled is set in this environment: the local Ray starts without "
-                        "token authentication (its listeners are still on loopback only)")
+            log.warning("this environment switches Ray's token authentication off (RAY_AUTH_MODE): the local "
+                        "Ray starts without it (its listeners are still on loopback only)")
         # address="local": always a private instance, never a cluster that `ray start` left running.
         # The dashboard (loopback only) serves the state API that Ray Train's placement-group
         # cleaner polls; without it that actor warns every few seconds.
