@@ -11,6 +11,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces (checksummed downloads, checkpoint manifests)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to a sibling temp file, fsync it, then rename over `path`."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

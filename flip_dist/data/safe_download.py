@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Callable, Mapping
 
 from flip_dist.errors import FlipDataError
+from flip_dist.io_atomic import sha256_file
 
 CHUNK = 1 << 20
 MiB = 1 << 20
@@ -273,14 +274,6 @@ def pip_download_pinned(requirement: str, sha256: str, dest_dir: Path, *, max_by
         raise FlipDataError(f"checksum mismatch: wheel {wheel.name} has sha256 {digest}, pinned {sha256}; "
                             "refusing it", path=where)
     return wheel
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def scratch_dir() -> "tempfile.TemporaryDirectory[str]":

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from flip_dist.errors import FlipDataError
-from flip_dist.io_atomic import atomic_output_dir
+from flip_dist.io_atomic import atomic_output_dir, sha256_file
 
 META = "meta.json"
 
@@ -41,10 +41,15 @@ _VOLATILE = {"dist": {"log_every", "checkpoint_every", "keep_checkpoints", "stor
 _VOLATILE_MANIFEST = {"timings", "started_at_unix", "raw_dir", "tokenizer"}
 
 
-def _fingerprint(obj: Any) -> str:
+def _json_digest(obj: Any) -> str:
+    """SHA-256 of a JSON value, keys sorted: the same value gives the same digest anywhere."""
     import hashlib
 
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _fingerprint(obj: Any) -> str:
+    return _json_digest(obj)[:16]
 
 
 def dataset_fingerprint(manifest: dict[str, Any]) -> str:
@@ -77,7 +82,7 @@ def load_state_file(folder: str | Path, name: str) -> dict[str, torch.Tensor]:
     a truncated file is named as such rather than failing inside torch.load."""
     path = Path(folder) / name
     want = read_meta(folder).get("files", {}).get(name)
-    if want is not None and (path.stat().st_size != want["bytes"] or sha256_of(path) != want["sha256"]):
+    if want is not None and (path.stat().st_size != want["bytes"] or sha256_file(path) != want["sha256"]):
         raise CheckpointError("export file does not match its SHA-256 in meta.json (damaged or truncated)",
                               path=str(path))
     try:
@@ -107,27 +112,16 @@ class CheckpointError(FlipDataError):
     """A checkpoint that is incomplete, damaged, or not this run's."""
 
 
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _files(folder: Path, exclude: tuple[str, ...]) -> list[str]:
+    return [str(p.relative_to(folder)) for p in sorted(folder.rglob("*"))
+            if p.is_file() and str(p.relative_to(folder)) not in exclude]
 
 
 def digest_files(folder: str | Path, exclude: tuple[str, ...] = (CKPT_MANIFEST,)) -> dict[str, dict[str, Any]]:
     """{relative path: {sha256, bytes}} of every file under `folder` but the `exclude`d top-level ones."""
     folder = Path(folder)
-    return {str(p.relative_to(folder)): {"sha256": sha256_of(p), "bytes": p.stat().st_size}
-            for p in sorted(folder.rglob("*")) if p.is_file() and str(p.relative_to(folder)) not in exclude}
-
-
-def _body_digest(body: dict[str, Any]) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return {rel: {"sha256": sha256_file(folder / rel), "bytes": (folder / rel).stat().st_size}
+            for rel in _files(folder, exclude)}
 
 
 def write_checkpoint_manifest(folder: str | Path, body: dict[str, Any], files: dict[str, dict[str, Any]]) -> None:
@@ -135,7 +129,7 @@ def write_checkpoint_manifest(folder: str | Path, body: dict[str, Any], files: d
     from flip_dist.io_atomic import write_json_atomic
 
     sealed = {**body, "files": files}
-    write_json_atomic(Path(folder) / CKPT_MANIFEST, {**sealed, "manifest_sha256": _body_digest(sealed)})
+    write_json_atomic(Path(folder) / CKPT_MANIFEST, {**sealed, "manifest_sha256": _json_digest(sealed)})
 
 
 def read_checkpoint_manifest(folder: str | Path) -> dict[str, Any]:
@@ -148,7 +142,7 @@ def read_checkpoint_manifest(folder: str | Path) -> dict[str, Any]:
         claimed = manifest.pop("manifest_sha256")
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint manifest is damaged ({type(e).__name__})", path=str(path)) from None
-    if claimed != _body_digest(manifest):
+    if claimed != _json_digest(manifest):
         raise CheckpointError("checkpoint manifest does not match its own digest (damaged or edited)", path=str(path))
     return manifest
 
@@ -164,10 +158,10 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
         if path.stat().st_size != want["bytes"]:
             raise CheckpointError(f"checkpoint file has {path.stat().st_size} bytes, the manifest says "
                                   f"{want['bytes']} (truncated?)", path=str(path))
-        if sha256_of(path) != want["sha256"]:
+        if sha256_file(path) != want["sha256"]:
             raise CheckpointError("checkpoint file does not match its SHA-256 in the manifest (damaged)",
                                   path=str(path))
-    unlisted = sorted(set(digest_files(folder)) - set(manifest["files"]))
+    unlisted = sorted(set(_files(folder, (CKPT_MANIFEST,))) - set(manifest["files"]))
     if unlisted:
         raise CheckpointError(f"checkpoint holds files its manifest does not list: {unlisted[:5]}", path=str(folder))
     return manifest
