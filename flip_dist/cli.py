@@ -5,13 +5,16 @@ import argparse
 import json
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from flip_dist.errors import FlipConfigError, FlipDataError
 
 
 def _add_preprocess_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML experiment file (its `preprocess:` and `ray:` sections)")
+    p.add_argument("--preset", metavar="NAME",
+                   help="a named preset of the config file, layered on its base "
+                        "(default: its default_preset)")
     p.add_argument("--dataset", help="ml-100k | ml-1m | bookcrossing | goodreads")
     p.add_argument("--raw", dest="raw_dir", help="folder with the raw files as distributed")
     p.add_argument("--out", dest="out_dir", help="output folder (created atomically)")
@@ -36,7 +39,7 @@ def preprocess_config_from_args(args: argparse.Namespace):
             overrides.append(f"preprocess.{key}={json.dumps(value)}")
     if args.ray_address:
         overrides.append(f"ray.address={json.dumps(args.ray_address)}")
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, preset=args.preset)
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
@@ -65,7 +68,7 @@ def cmd_compare_local(args: argparse.Namespace) -> int:
     from flip_dist.config import load_config
     from flip_dist.train.experiment import format_table, run_local_comparison
 
-    cfg = load_config(args.config, list(args.set))
+    cfg = load_config(args.config, list(args.set), preset=args.preset)
     report = run_local_comparison(cfg, args.data or cfg.preprocess.out_dir, args.out)
     print(format_table(report))
     print(f"wrote {args.out}/comparison.json and comparison.png")
@@ -78,11 +81,11 @@ def _train_config(args: argparse.Namespace):
     overrides = list(args.set)
     if args.ray_address:
         overrides.append(f"ray.address={json.dumps(args.ray_address)}")
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, preset=args.preset)
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from flip_dist.dist.trainer import run_pipeline, run_stage
+    from flip_dist.distributed.trainer import run_pipeline, run_stage
 
     cfg = _train_config(args)
     if args.command == "pipeline":
@@ -123,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare-local", help="single process: pretrain FLIP, finetune FLIP / FLIP_ID / "
                                                  "FLIP_PLM and the plain ID model; AUC and logloss")
     cmp_.add_argument("--config", help="YAML experiment file")
+    cmp_.add_argument("--preset", metavar="NAME",
+                      help="a named preset of the config file, layered on its base "
+                           "(default: its default_preset)")
     cmp_.add_argument("--data", help="processed dataset folder (default: the config's preprocess.out_dir)")
     cmp_.add_argument("--out", default="runs/compare-local")
     cmp_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -135,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="YAML experiment file")
+        p.add_argument("--preset", metavar="NAME",
+                       help="a named preset of the config file, layered on its base "
+                            "(default: its default_preset)")
         if name != "pipeline":
             p.add_argument("--data", help="processed dataset folder (default: the config's preprocess.out_dir)")
         p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")

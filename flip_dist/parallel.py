@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -48,6 +49,8 @@ def run_bounded(fn: Callable[..., Any], arg_list: Sequence[tuple], limit: int, d
                 except ray.exceptions.RayTaskError as e:
                     for other in pending:
                         ray.cancel(other, force=True)
-                    raise e.cause if isinstance(e.cause, Exception) else e
+                    if isinstance(e.cause, Exception):
+                        raise e.cause from e
+                    raise
                 bar.update(1)
     return results

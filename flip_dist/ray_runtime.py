@@ -10,13 +10,13 @@ address by the machine's outward one, and then GCS, raylet, workers, dashboard a
 agent listen on every interface. Ray keeps a single-node cluster on loopback where it supports no
 multi-node clusters (macOS, Windows): `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`. A private local Ray is
 single-node by definition, so it starts that way; see `loopback_only`. torch.distributed's own
-listeners (TCPStore, gloo) are bound to the node address by flip_dist.dist.rendezvous."""
+listeners (TCPStore, gloo) are bound to the node address by flip_dist.distributed.rendezvous."""
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
 from urllib.parse import urlparse
 
 from flip_dist.config import RayConfig

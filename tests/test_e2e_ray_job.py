@@ -2,26 +2,26 @@
 of its own, RAY_AUTH_TOKEN_PATH), `ray job submit` of ray_jobs/pipeline.py (preprocess -> pretrain
 -> finetune -> evaluate) on real ML-100K with a one-layer MiniLM, wait for SUCCEEDED, check the
 metrics file; a request without the token is refused and every Ray listener is on loopback; then
-stop Ray and check that no Ray process is left. Marked e2e: `ray stop` ends every Ray process of the machine, so this runs
-in its own pytest process (tools/run_tests.sh runs it after the rest)."""
+stop Ray and check that no Ray process is left. Marked e2e: `ray stop` ends every Ray process of
+the machine, so this runs in its own pytest process (tools/run_tests.sh runs it after the rest)."""
 from __future__ import annotations
 
 import json
 import os
 import secrets
 import socket
-import urllib.error
-import urllib.request
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
-from flip_dist.dist.metrics_log import read_metrics
+from flip_dist.distributed.metrics_log import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e

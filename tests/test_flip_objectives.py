@@ -10,9 +10,9 @@ import torch
 from flip_dist.data.batches import ShardReader
 from flip_dist.data.vocab import MASK_ID
 from flip_dist.models.flip import FlipFinetuneDense, FlipPretrainDense, FlipSparse
-from flip_dist.models.objectives import ABLATIONS, objectives
 from flip_dist.models.id_models import build_id_model
 from flip_dist.models.masking import IGNORE, mask_tab_fields, mask_text_fields, mask_text_tokens
+from flip_dist.models.objectives import ABLATIONS, objectives
 from flip_dist.models.plm import load_plm
 from flip_dist.models.sampling import AliasSampler
 from flip_dist.train.steps import TextIds, finetune_inputs, pretrain_inputs, special_positions
@@ -31,14 +31,14 @@ def build(manifest, counts, name="full", seed=0):
     obj = objectives(name)
     plm, info = load_plm("minilm", num_layers=1)
     plm.eval()  # no dropout: gradient checks and overfitting are deterministic
-    id_model = build_id_model("dcnv2", manifest["num_fields"], 32)
-    sparse = FlipSparse(manifest["num_features"], manifest["fields"], 32, 32 if obj.mtm else None)
+    id_model = build_id_model("dcnv2", manifest.num_fields, 32)
+    sparse = FlipSparse(manifest.num_features, manifest.fields, 32, 32 if obj.mtm else None)
     if sparse.nce is not None:
         sparse.nce.init_bias(counts)
-    dense = FlipPretrainDense(plm, id_model, info.hidden_size, info.vocab_size, manifest["num_fields"], obj)
+    dense = FlipPretrainDense(plm, id_model, info.hidden_size, info.vocab_size, manifest.num_fields, obj)
     dense.eval()
     sampler = AliasSampler(counts) if obj.mtm else None
-    return obj, sparse, dense, sampler, TextIds(manifest["text_mask_id"], info.vocab_size)
+    return obj, sparse, dense, sampler, TextIds(manifest.text_mask_id, info.vocab_size)
 
 
 def losses_of(parts, batch, seed=0):
@@ -100,7 +100,8 @@ def test_each_encoder_runs_on_masked_and_unmasked_rows_once(data):
     parts = build(manifest, counts)
     _, _, dense, _, _ = parts
     calls = {"plm": [], "id": []}
-    h1 = dense.plm.register_forward_hook(lambda m, a, k, o: calls["plm"].append(k["input_ids"].shape[0]), with_kwargs=True)
+    h1 = dense.plm.register_forward_hook(lambda m, a, k, o: calls["plm"].append(k["input_ids"].shape[0]),
+                                         with_kwargs=True)
     h2 = dense.id_model.register_forward_hook(lambda m, a, o: calls["id"].append(a[0].shape[0]))
     losses_of(parts, batch)
     h1.remove(), h2.remove()
@@ -163,8 +164,8 @@ def test_token_and_tabular_masking(data):
 def test_finetune_heads_alpha_and_losses(data):
     manifest, batch, _ = data
     plm, info = load_plm("minilm", num_layers=1)
-    id_model = build_id_model("dcnv2", manifest["num_fields"], 32)
-    sparse = FlipSparse(manifest["num_features"], manifest["fields"], 32, None)
+    id_model = build_id_model("dcnv2", manifest.num_fields, 32)
+    sparse = FlipSparse(manifest.num_features, manifest.fields, 32, None)
     flip = FlipFinetuneDense("flip", id_model, plm, info.hidden_size)
     out = flip(**finetune_inputs(batch, sparse))
     a = float(flip.alpha)

@@ -8,9 +8,10 @@ import csv
 import gzip
 import json
 import shutil
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,8 +21,7 @@ import pytest
 from flip_dist.data.bad_rows import BadRows
 from flip_dist.data.readers import get_reader
 from flip_dist.data.readers.base import iter_lines, seeded_order
-from flip_dist.data.readers.goodreads import (DATE_FORMAT, FIELDS, GoodReadsReader, _line_chunks,
-                                              epoch_seconds)
+from flip_dist.data.readers.goodreads import DATE_FORMAT, FIELDS, GoodReadsReader, _line_chunks, epoch_seconds
 from flip_dist.data.synthetic_goodreads import write_raw_goodreads
 from flip_dist.errors import FlipDataError
 
@@ -125,7 +125,8 @@ def _find(d: Path, stem: str) -> Path | None:
 
 def _expected(d: Path, interactions: list[dict] | None = None) -> tuple[list[dict], int]:
     """The staging rows the raw files call for, in file order, and the number of rating-0 rows."""
-    text = (lambda v: " ".join((v or "").split()) or "unknown")
+    def text(v):
+        return " ".join((v or "").split()) or "unknown"
     books = {b["book_id"]: b for b in _jsonl(_find(d, "goodreads_books.json"))}
     side = {name: _jsonl(p) if (p := _find(d, f"goodreads_book_{name}.json")) else []
             for name in ("authors", "genres_initial", "works")}
@@ -545,5 +546,6 @@ def test_iter_part_streams_a_gz_part_in_bounded_tables(tmp_path: Path, generated
     ids = whole["row_id"].to_pylist()
     assert len(set(ids)) == len(ids)
     assert whole.equals(reader.read_part(part, ctx, 0).table)
-    assert sum(p.stats.get("dropped_rating_0", 0) for p in pieces) == reader.read_part(part, ctx, 0).stats["dropped_rating_0"]
+    assert (sum(p.stats.get("dropped_rating_0", 0) for p in pieces)
+            == reader.read_part(part, ctx, 0).stats["dropped_rating_0"])
 

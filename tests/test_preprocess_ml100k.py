@@ -8,13 +8,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flip_dist.data.shards import read_manifest, shard_files
+from flip_dist.data.manifest import read_manifest
+from flip_dist.data.shards import shard_files
 from flip_dist.data.vocab import MASK_ID, PAD_ID, oov_id
 
 
 @pytest.fixture(scope="module")
 def manifest(ml100k_processed):
-    return read_manifest(ml100k_processed)
+    return read_manifest(ml100k_processed).to_json()
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_every_span_decodes_to_its_value(ml100k_processed, ml100k_staging, split
     raw = {r["row_id"]: r for r in res.table.to_pylist()}
     rng = np.random.default_rng(0)
     checked = 0
-    for split, t in splits.items():
+    for _split, t in splits.items():
         for i in rng.choice(t.num_rows, size=250, replace=False):
             row = t.slice(int(i), 1).to_pylist()[0]
             ids, spans = row["input_ids"], row["field_spans"]

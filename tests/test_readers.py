@@ -23,10 +23,11 @@ def _write_grouplens(recbole: Path, out: Path) -> None:
     out.mkdir()
     inter = (recbole / "ml-100k.inter").read_text().splitlines()[1:]
     (out / "u.data").write_text("".join(line + "\n" for line in inter))
-    users = [l.split("\t") for l in (recbole / "ml-100k.user").read_text().splitlines()[1:]]
+    users = [line.split("\t") for line in (recbole / "ml-100k.user").read_text().splitlines()[1:]]
     (out / "u.user").write_text("".join(f"{u}|{a}|{g}|{o}|{z}\n" for u, a, g, o, z in users))
     lines = []
-    for mid, title, year, genres in (l.split("\t") for l in (recbole / "ml-100k.item").read_text().splitlines()[1:]):
+    for mid, title, year, genres in (line.split("\t")
+                                     for line in (recbole / "ml-100k.item").read_text().splitlines()[1:]):
         flags = ["1" if g in genres.split() else "0" for g in ML100K_GENRES]
         full = f"{title} ({year})" if year else title
         lines.append("|".join([mid, full, f"01-Jan-{year or 1995}", "", "http://x"] + flags) + "\n")
@@ -102,8 +103,10 @@ def test_unknown_dataset_names_the_key():
         get_reader("movielens-42")
 
 
-BX_RATINGS = '"User-ID";"ISBN";"Book-Rating"\n"2";"0195153448";"0"\n"8";"0002005018";"5"\n"8";"0060973129";"9"\n"2";"UNKNOWN";"7"\n"8";"0195153448";"x"\n'
-BX_BOOKS = ('"ISBN";"Book-Title";"Book-Author";"Year-Of-Publication";"Publisher";"Image-URL-S";"Image-URL-M";"Image-URL-L"\n'
+BX_RATINGS = ('"User-ID";"ISBN";"Book-Rating"\n"2";"0195153448";"0"\n"8";"0002005018";"5"\n"8";"0060973129";"9"\n'
+              '"2";"UNKNOWN";"7"\n"8";"0195153448";"x"\n')
+BX_BOOKS = ('"ISBN";"Book-Title";"Book-Author";"Year-Of-Publication";"Publisher";"Image-URL-S";"Image-URL-M";'
+            '"Image-URL-L"\n'
             '"0195153448";"Classical Mythology";"Mark P. O. Morford";"2002";"Oxford University Press";"s";"m";"l"\n'
             '"0002005018";"The Word \\"Desire\\"";"Rikki Ducornet";"1997";"Henry Holt &amp; Company";"s";"m";"l"\n'
             '"0060973129";"Decision in Normandy";"Carlo D\'Este";"1991";"HarperPerennial";"s";"m";"l"\n'

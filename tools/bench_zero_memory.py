@@ -17,7 +17,7 @@ model + FLIP heads) in a DeepSpeed engine with the chosen ds_configs/ preset.
 
 Every piece runs in a fresh subprocess of this script (`--part ...`), so one Ray / DeepSpeed run
 leaks no memory into the next: preprocessing (once), the idle baseline, DeepSpeed's estimate, and
-each preset. Peak RSS per rank is measured inside the workers (ru_maxrss, flip_dist.dist.worker);
+each preset. Peak RSS per rank is measured inside the workers (ru_maxrss, flip_dist.distributed.worker);
 the peak PSS of the whole process tree (driver, raylet, workers) is sampled from outside.
 Subprocess logs go to <work>/logs/.
 """
@@ -94,14 +94,15 @@ def part_baseline(args: argparse.Namespace) -> dict:
     """RSS of a worker-like process that imports what a worker imports and builds nothing."""
     os.environ["DS_ACCELERATOR"] = "cpu"
     out: dict[str, Any] = {"python_gib": _maxrss_gib()}
+    import deepspeed  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
-    import deepspeed  # noqa: F401
 
     out["torch_transformers_deepspeed_gib"] = _maxrss_gib()
     import ray.train  # noqa: F401
     import torchrec  # noqa: F401
-    import flip_dist.dist.worker  # noqa: F401
+
+    import flip_dist.distributed.worker  # noqa: F401
 
     out["plus_ray_torchrec_flip_worker_gib"] = _maxrss_gib()
     out["rss_now_gib"] = _rss_now_gib()
@@ -115,11 +116,11 @@ def part_estimate(args: argparse.Namespace) -> dict:
     from deepspeed.runtime.zero import stage3, stage_1_and_2
 
     from flip_dist.config import load_config
-    from flip_dist.train.local import build_pretrain
+    from flip_dist.train.local import build_local
 
     cfg = load_config(None, overrides(args, "zero2"))
     with torch.device("cpu"):
-        _, dense, *_ = build_pretrain(cfg, data_dir(args))
+        dense = build_local(cfg, "pretrain", data_dir(args))[1].dense
     plm_params = sum(p.numel() for p in dense.plm.parameters())
     n = NUM_WORKERS
     printed = io.StringIO()
@@ -151,8 +152,8 @@ def part_estimate(args: argparse.Namespace) -> dict:
 def part_one(args: argparse.Namespace) -> dict:
     """One preset: a fresh pretraining run; the per-step metrics the workers logged."""
     from flip_dist.config import load_config
-    from flip_dist.dist.metrics_log import read_metrics
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.metrics_log import read_metrics
+    from flip_dist.distributed.trainer import run_stage
 
     preset = args.one
     cfg = load_config(None, overrides(args, preset))
@@ -308,7 +309,8 @@ def main() -> int:
     base = run_part(args, "baseline", [], res_dir / "baseline.json")
     print(f"baseline RSS of an idle worker-like process: python {base['python_gib']:.2f} GiB, "
           f"+torch+transformers+deepspeed {base['torch_transformers_deepspeed_gib']:.2f} GiB, "
-          f"+ray.train+torchrec+flip_dist.dist.worker {base['plus_ray_torchrec_flip_worker_gib']:.2f} GiB", flush=True)
+          f"+ray.train+torchrec+flip_dist.distributed.worker {base['plus_ray_torchrec_flip_worker_gib']:.2f} GiB",
+          flush=True)
 
     est = run_part(args, "estimate", [], res_dir / "estimate.json")
     print(f"\ndense module: {est['total_params'] / 1e6:.1f}M params ({est['plm_params'] / 1e6:.1f}M in the PLM), "
@@ -338,19 +340,21 @@ def main() -> int:
         ds, peak = s["ds_estimate_gib"], s["peak_rss_gib"]
         print(f"{s['preset']:<8} {s['steps']:>5} {ranks:>29} {_num(ds, '.2f'):>17} "
               f"{_num(peak / ds if ds and peak else None, '.2f'):>6} "
-              f"{_num((peak - idle) / ds if ds and peak else None, '.2f'):>13} {_num(s['fp32_analytic_gib'], '.2f'):>12} "
+              f"{_num((peak - idle) / ds if ds and peak else None, '.2f'):>13} "
+              f"{_num(s['fp32_analytic_gib'], '.2f'):>12} "
               f"{_num(s['samples_per_s'], '.3f'):>9} {_num(s['steady_s_per_step'], '.1f'):>7} "
               f"{_num(s['final_loss'], '.4f'):>10} {_num(s['tree_peak_pss_gib'], '.2f'):>12}  {s['status']}")
     print(f"\nDS est/worker: DeepSpeed's 'per GPU' figure for {NUM_WORKERS} devices, no offload (ZeRO-3: zero_init=0, "
           f"as this runtime builds the whole model in each worker before deepspeed.initialize partitions it): "
           f"params + grads + optimizer states each worker holds, assuming 16-bit params with an fp32 master copy.\n"
           f"  Its 'per CPU' column (host memory of the node; the same RAM here): ZeRO-2 "
-          f"{est['zero2']['per_node_cpu_bytes'] / GIB:.2f} GiB, ZeRO-3 {est['zero3']['per_node_cpu_bytes'] / GIB:.2f} GiB.")
+          f"{est['zero2']['per_node_cpu_bytes'] / GIB:.2f} GiB, "
+          f"ZeRO-3 {est['zero3']['per_node_cpu_bytes'] / GIB:.2f} GiB.")
     print("fp32 est: the same model states for these fp32 presets (this script's formula, not DeepSpeed's): "
           "ZeRO-2 4P + 16P/N bytes, ZeRO-3 4*largest_layer + 20P/N bytes (P params, N workers).")
     print(f"peak RSS: ru_maxrss of each Ray Train worker at its last logged step (max so far). Besides model states it "
           f"holds the Python/torch/Ray runtime (an idle worker-like process: {idle:.2f} GiB after importing "
-          f"torch+transformers+deepspeed+ray.train+torchrec+flip_dist.dist.worker; (RSS-idle)/DS subtracts it), "
+          f"torch+transformers+deepspeed+ray.train+torchrec+flip_dist.distributed.worker; (RSS-idle)/DS subtracts it), "
           f"the TorchRec tables, activations, allocator slack, and the whole fp32 model as built before DeepSpeed "
           f"partitions it.\ns/step: mean time between step reports after the first (warm-up) step. tree PSS: the peak "
           f"summed PSS of the run's whole process tree (driver, raylet, Ray actors, workers), sampled each second.")

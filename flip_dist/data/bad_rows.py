@@ -21,7 +21,7 @@ class BadRows:
         if len(self.samples) < self.keep:
             self.samples.append({"file": str(path), "line": line, "reason": reason, "raw": raw[:500]})
 
-    def merge(self, other: "BadRows") -> None:
+    def merge(self, other: BadRows) -> None:
         self.counts.update(other.counts)
         room = self.keep - len(self.samples)
         if room > 0:

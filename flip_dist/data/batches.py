@@ -1,9 +1,9 @@
 """Contract rows -> padded torch tensors, without per-row Python loops (Arrow offsets + numpy)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,7 @@ class Batch:
     field_spans: torch.Tensor     # (B, F, 2) int64 [start, end) of each value's tokens
     row_ids: torch.Tensor | None = None   # (B,) int64 the rows' `row_id`, where the shards have it (audits)
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
                                 if getattr(self, f.name) is not None})
 
@@ -72,7 +72,7 @@ class ShardReader:
                                   else [])
         self.table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) \
             .combine_chunks() if files else None
-        self.pad_id = int(self.manifest.get("text_pad_id") or 0)
+        self.pad_id = self.manifest.text_pad_id
 
     def __len__(self) -> int:
         return 0 if self.table is None else self.table.num_rows
@@ -80,7 +80,7 @@ class ShardReader:
     def batch_indices(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                       drop_last: bool = False, max_rows: int = 0) -> Iterator[np.ndarray]:
         """Row indices of each batch: the one order a single process and N ranks (each taking a
-        slice, flip_dist.dist.worker) both follow."""
+        slice, flip_dist.distributed.worker) both follow."""
         n = min(len(self), max_rows) if max_rows else len(self)
         order = np.random.default_rng(seed).permutation(len(self))[:n] if shuffle else np.arange(n)
         stop = n - n % batch_size if drop_last else n

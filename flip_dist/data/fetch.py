@@ -10,14 +10,27 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
-from flip_dist.data.safe_download import (MiB, Deadline, FetchDeadlineExceeded, PipRunner, download_pinned,
-                                          empty_dir, extract_pinned, pip_download_pinned, require_cap,
-                                          require_https, require_members, require_plain_name, require_sha256,
-                                          scratch_dir, sha256_file)
+from flip_dist.data.safe_download import (
+    Deadline,
+    FetchDeadlineExceeded,
+    MiB,
+    PipRunner,
+    download_pinned,
+    empty_dir,
+    extract_pinned,
+    pip_download_pinned,
+    require_cap,
+    require_https,
+    require_members,
+    require_plain_name,
+    require_sha256,
+    scratch_dir,
+    sha256_file,
+)
 from flip_dist.errors import FlipDataError
 from flip_dist.io_atomic import atomic_output_dir, check_replaceable, write_json_atomic
 

@@ -1,4 +1,5 @@
-"""Raw files -> FLIP shards (DESIGN.md's data contract), as Ray work in five stages:
+"""Raw files -> FLIP shards (the data contract that flip_dist.data.shards.validate_dataset checks),
+as Ray work in five stages:
 
 1. parse: Ray tasks turn raw parts (files or line-aligned byte ranges) into staging Parquet;
 2. split: the driver reads only the sort keys and finds the 90% cut (chronological, or seeded);
@@ -28,14 +29,15 @@ import pyarrow.parquet as pq
 
 from flip_dist.config import PreprocessConfig
 from flip_dist.data.bad_rows import BadRows
+from flip_dist.data.manifest import MANIFEST, write_manifest
 from flip_dist.data.readers import get_reader
 from flip_dist.data.readers.base import DatasetSpec
 from flip_dist.data.readers.guarded import ReadLimits
-from flip_dist.data.shards import MANIFEST, split_summary
+from flip_dist.data.shards import split_summary
 from flip_dist.data.template import PromptTokenizer, TokenTable
 from flip_dist.data.vocab import MASK_ID, PAD_ID, FieldValues, Vocabulary, merge_counts, oov_id, value_counts
 from flip_dist.errors import FlipDataError
-from flip_dist.io_atomic import atomic_output_dir, write_json_atomic
+from flip_dist.io_atomic import atomic_output_dir
 from flip_dist.parallel import one_cpu_worker, run_bounded
 from flip_dist.text_assets import load_tokenizer, resolve_tokenizer
 
@@ -337,7 +339,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
         manifest["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
         manifest["started_at_unix"] = round(started_at, 3)
-        write_json_atomic(out / MANIFEST, manifest)
+        write_manifest(out, manifest)
     return manifest
 
 

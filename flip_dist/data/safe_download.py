@@ -18,9 +18,10 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Callable, Mapping
 from email.message import Message
 from pathlib import Path
-from typing import IO, Callable, Mapping
+from typing import IO
 
 from flip_dist.errors import FlipDataError
 from flip_dist.io_atomic import sha256_file
@@ -276,7 +277,7 @@ def pip_download_pinned(requirement: str, sha256: str, dest_dir: Path, *, max_by
     return wheel
 
 
-def scratch_dir() -> "tempfile.TemporaryDirectory[str]":
+def scratch_dir() -> tempfile.TemporaryDirectory[str]:
     """Downloads wait here, outside the output folder, until checked; removed whatever happens."""
     return tempfile.TemporaryDirectory(prefix="flip-fetch-")
 

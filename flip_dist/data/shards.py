@@ -1,33 +1,15 @@
-"""Reading a processed dataset folder back: manifest, shard lists, vocabulary."""
+"""Reading a processed dataset folder back: shard lists, split summaries, the contract check."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from flip_dist.data.manifest import Manifest, read_manifest
 from flip_dist.errors import FlipDataError
-
-MANIFEST = "manifest.json"
-REQUIRED_KEYS = ("dataset", "num_samples", "num_train", "num_test", "num_fields", "num_features",
-                 "fields", "tokenizer", "max_length")
 
 
 def shard_files(folder: str | Path, split: str) -> list[str]:
     return sorted(str(p) for p in (Path(folder) / split).glob("*.parquet"))
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise FlipDataError("no manifest.json: not a processed dataset (or an unfinished one)", path=str(folder))
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise FlipDataError(f"manifest is not valid JSON: {e}", path=str(path)) from e
-    for key in REQUIRED_KEYS:
-        if key not in manifest:
-            raise FlipDataError("manifest lacks a required key", path=str(path), key=key)
-    return manifest
 
 
 def split_summary(folder: str | Path) -> dict[str, dict[str, int]]:
@@ -46,9 +28,6 @@ def split_summary(folder: str | Path) -> dict[str, dict[str, int]]:
             truncated += int(np.sum(t["num_truncated_fields"].to_numpy() > 0))
         out[split] = {"rows": rows, "positives": positives, "truncated": truncated}
     return out
-
-
-TRAINING_KEYS = ("text_vocab_size", "text_pad_id", "text_mask_id", "tokenizer_name")
 
 
 def _open_shard(path: str) -> Any:
@@ -90,25 +69,20 @@ def _check_feature_counts(folder: Path, num_features: int) -> None:
 
 
 def validate_dataset(folder: str | Path, max_rows_per_shard: int | None = None,
-                     for_training: bool = False) -> dict[str, Any]:
-    """Check a processed folder against the data contract (DESIGN.md); raise FlipDataError naming
-    the shard and row at fault. Returns the manifest. Row counts and id ranges come from every
-    shard's footer; contents are read whole, or the first `max_rows_per_shard` rows of each.
-    `for_training` also checks what training reads beside the shards (feature_counts.npy, the
-    tokenizer keys)."""
+                     for_training: bool = False) -> Manifest:
+    """Check a processed folder against the data contract (the manifest's keys, the shards'
+    columns, ids inside their fields' blocks, spans inside the token sequence); raise
+    FlipDataError naming the shard and row at fault. Returns the manifest. Row counts and id ranges
+    come from every shard's footer; contents are read whole, or the first `max_rows_per_shard` rows
+    of each. `for_training` also checks what training reads beside the shards (feature_counts.npy)."""
     import numpy as np
     import pyarrow as pa
 
     folder = Path(folder)
     manifest = read_manifest(folder)
-    F, M = manifest["num_fields"], manifest["num_features"]
-    offsets = np.asarray(manifest.get("field_offsets", []), dtype=np.int64)
-    if len(manifest["fields"]) != F:
-        raise FlipDataError(f"{len(manifest['fields'])} field names for num_fields={F}", key="fields")
+    F, M = manifest.num_fields, manifest.num_features
+    offsets = np.asarray(manifest.field_offsets, dtype=np.int64)
     if for_training:
-        for key in TRAINING_KEYS:
-            if key not in manifest:
-                raise FlipDataError("manifest lacks a key training needs", path=str(folder / MANIFEST), key=key)
         _check_feature_counts(folder, M)
     want = {"label": pa.int8(), "feature_ids": pa.list_(pa.int32(), F), "input_ids": pa.list_(pa.int32()),
             "field_spans": pa.list_(pa.int32(), 2 * F)}
@@ -151,7 +125,8 @@ def validate_dataset(folder: str | Path, max_rows_per_shard: int | None = None,
                 raise FlipDataError("field span outside the token sequence", path=path, row=int(bad[0]))
         counts[split] = n
     for split in ("train", "test"):
-        if counts[split] != manifest[f"num_{split}"]:
-            raise FlipDataError(f"{counts[split]} rows in {split}/ but manifest says {manifest[f'num_{split}']}",
+        said = getattr(manifest, f"num_{split}")
+        if counts[split] != said:
+            raise FlipDataError(f"{counts[split]} rows in {split}/ but manifest says {said}",
                                 path=str(folder), key=f"num_{split}")
     return manifest

@@ -4,14 +4,15 @@ from step k on, with no row lost and none trained twice.
 
 Per epoch the shard files are put in a seeded order and read as a ring from a seeded row offset;
 the ring is cut into one contiguous range per rank (equal sizes; `rows % world` rows sit out the
-epoch), so a rank reads only the files its range touches. Inside its range a rank shuffles windows of `window` rows (a multiple of
-the batch) with a generator seeded by (seed, epoch, rank, window): a resumed run skips the windows
-it has finished without reading them, and replays the rest of the current one exactly."""
+epoch), so a rank reads only the files its range touches. Inside its range a rank shuffles windows
+of `window` rows (a multiple of the batch) with a generator seeded by (seed, epoch, rank, window):
+a resumed run skips the windows it has finished without reading them, and replays the rest of the
+current one exactly."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa

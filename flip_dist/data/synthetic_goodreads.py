@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import gzip as gzip_mod
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa

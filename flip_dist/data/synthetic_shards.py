@@ -17,12 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from flip_dist.data.manifest import MANIFEST, write_manifest
 from flip_dist.data.readers.goodreads import SPEC
-from flip_dist.data.shards import MANIFEST, split_summary
+from flip_dist.data.shards import split_summary
 from flip_dist.data.template import PromptTokenizer
 from flip_dist.data.vocab import MASK_ID, NUM_RESERVED, PAD_ID, oov_id
 from flip_dist.errors import FlipConfigError
-from flip_dist.io_atomic import atomic_output_dir, write_json_atomic
+from flip_dist.io_atomic import atomic_output_dir
 from flip_dist.text_assets import load_tokenizer, resolve_tokenizer
 
 # Share of the feature budget per field (GoodReads-like), and the most tokens a value takes.
@@ -119,9 +120,10 @@ def write_synthetic_shards(out_dir: str | Path, rows: int, features: int = 4_565
             "split": {"rule": "first 90% of rows train", "train_ratio": train_ratio, "seed": seed},
             "positive_rate": {s: round(v["positives"] / max(v["rows"], 1), 6) for s, v in summary.items()},
             "rows_with_truncated_fields": {s: v["truncated"] for s, v in summary.items()},
-            "files": {"vocab": "vocab.parquet", "feature_counts": "feature_counts.npy", "train": "train/", "test": "test/"},
+            "files": {"vocab": "vocab.parquet", "feature_counts": "feature_counts.npy",
+                      "train": "train/", "test": "test/"},
         }
-        write_json_atomic(out / MANIFEST, manifest)
+        write_manifest(out, manifest)
     return manifest
 
 

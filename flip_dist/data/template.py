@@ -11,8 +11,8 @@ than every row's whole sentence. A value that truncation cut, even partly, gets 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -46,7 +46,7 @@ class TokenTable:
     flat: np.ndarray      # int32
 
     @classmethod
-    def concat(cls, pieces: Sequence[tuple[np.ndarray, np.ndarray]]) -> "TokenTable":
+    def concat(cls, pieces: Sequence[tuple[np.ndarray, np.ndarray]]) -> TokenTable:
         lengths = np.concatenate([p[0] for p in pieces]).astype(np.int64)
         return cls(lengths, np.cumsum(lengths) - lengths, np.concatenate([p[1] for p in pieces]))
 

@@ -8,9 +8,9 @@ Python dicts, so millions of values cost tens of MB per worker, not GB.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -72,7 +72,7 @@ class FieldValues:
     positions: np.ndarray     # index into `values` of each sorted hash
 
     @classmethod
-    def keep(cls, field: str, counts: pa.Table, min_count: int) -> "FieldValues":
+    def keep(cls, field: str, counts: pa.Table, min_count: int) -> FieldValues:
         """From merged (value, count) rows of the train split."""
         kept = counts.filter(pc.greater_equal(counts["count"], min_count))
         kept = kept.sort_by([("count", "descending"), ("value", "ascending")])
@@ -97,12 +97,12 @@ class Vocabulary:
         return int(self.offsets[-1])
 
     @classmethod
-    def build(cls, train: pa.Table, fields: Sequence[str], min_count: int) -> "Vocabulary":
+    def build(cls, train: pa.Table, fields: Sequence[str], min_count: int) -> Vocabulary:
         """From train rows held in memory (tests, small data); `preprocess` counts field by field."""
         return cls.from_fields([FieldValues.keep(f, value_counts(train[f]), min_count) for f in fields])
 
     @classmethod
-    def from_fields(cls, fields: Sequence[FieldValues]) -> "Vocabulary":
+    def from_fields(cls, fields: Sequence[FieldValues]) -> Vocabulary:
         """Lay the fields' blocks out after the reserved ids, in field order."""
         F = len(fields)
         offsets = np.cumsum([NUM_RESERVED + F] + [len(f.values) for f in fields]).astype(np.int64)
@@ -120,7 +120,7 @@ class Vocabulary:
                    [offsets[i] + f.positions for i, f in enumerate(fields)])
 
     @classmethod
-    def from_table(cls, table: pa.Table, fields: Sequence[str], offsets: np.ndarray) -> "Vocabulary":
+    def from_table(cls, table: pa.Table, fields: Sequence[str], offsets: np.ndarray) -> Vocabulary:
         sorted_hashes, hash_to_id = [], []
         for i, f in enumerate(fields):
             block = table.slice(offsets[i], offsets[i + 1] - offsets[i])
@@ -150,7 +150,7 @@ class Vocabulary:
         np.save(Path(folder) / "feature_counts.npy", self.counts())
 
     @classmethod
-    def load(cls, folder: Path, fields: Sequence[str], offsets: Sequence[int]) -> "Vocabulary":
+    def load(cls, folder: Path, fields: Sequence[str], offsets: Sequence[int]) -> Vocabulary:
         """From a processed dataset folder; `offsets` is the manifest's `field_offsets`."""
         table = pq.read_table(Path(folder) / "vocab.parquet").sort_by("feature_id")
         return cls.from_table(table, fields, np.asarray(offsets, dtype=np.int64))

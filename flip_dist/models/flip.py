@@ -4,7 +4,8 @@ DistributedModelParallel and give the second to DeepSpeed without changing model
 single-process step in flip_dist/train/steps.py composes them."""
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from flip_dist.models.heads import ICLHead, MLMHead, MTMHead
 from flip_dist.models.objectives import Objectives
 
 NCE_TABLE = "nce_output"
+# Std of the NCE output rows' init, as for the feature table (1e-4, like the authors' code): o_j
+# starts near 0, so the score o_j . g + b_j starts at b_j, the value init_bias sets.
+NCE_INIT_STD = 1e-4
 
 
 def nce_bias(counts: np.ndarray, mode: str = "log_q") -> np.ndarray:
@@ -36,7 +40,8 @@ class NCEOutput(nn.Module):
         self.ebc = EmbeddingBagCollection(
             tables=[EmbeddingBagConfig(name=NCE_TABLE, embedding_dim=dim, num_embeddings=num_features,
                                        feature_names=["nce"], pooling=PoolingType.SUM,
-                                       init_fn=lambda t: nn.init.normal_(t, 0.0, 1e-4))],
+                                       # a partial, not a lambda: the config must survive pickling
+                                       init_fn=functools.partial(nn.init.normal_, mean=0.0, std=NCE_INIT_STD))],
             device=device)
 
     @torch.no_grad()
@@ -155,7 +160,8 @@ class FlipFinetuneDense(nn.Module):
     def forward(self, emb: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        bce = lambda logit: F.binary_cross_entropy_with_logits(logit.float(), labels.float())  # Eq. 2
+        def bce(logit: torch.Tensor) -> torch.Tensor:
+            return F.binary_cross_entropy_with_logits(logit.float(), labels.float())  # Eq. 2
         if self.id_model is not None:
             _, out["logit_id"] = self.id_model(emb)                                       # Eq. 15
             out["loss_id"] = bce(out["logit_id"])

@@ -16,7 +16,8 @@ class MLMHead(nn.Module):
     """Eq. 5-6: q_il = g_PLM([w^_il (+) v_i]) over the vocabulary, at masked positions only.
     g_PLM is a two-layer MLP like BERT's LM head (dense, GELU, LayerNorm, decoder); as in BERT the
     decoder shares its weight with the PLM's input word embeddings when given them (`tied`),
-    which saves V x D_text parameters (11.7M for a BERT vocabulary) and their optimizer state.
+    which saves V x D_text parameters (11.7M for BERT's 30522-token vocabulary at the default
+    MiniLM's D_text = 384) and their optimizer state.
     joint=False is the ablation 'w/o joint reconstruction': no v_i, the text alone."""
 
     def __init__(self, d_text: int, d_tab: int, vocab_size: int, joint: bool = True,
@@ -33,7 +34,8 @@ class MLMHead(nn.Module):
 
     def forward(self, w_hat: torch.Tensor, v: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """w_hat: (B, L, D_text) states of the masked text; v: (B, D_tab); labels: (B, L) with
-        IGNORE off the masked positions. Returns the batch mean of the per-instance means (Eq. 6, 14)."""
+        IGNORE off the masked positions. Returns the per-instance mean CE (Eq. 6) averaged over the
+        instances that have at least one masked position (Eq. 14's 1/B sum)."""
         rows, cols = (labels != IGNORE).nonzero(as_tuple=True)
         if rows.numel() == 0:
             return w_hat.sum() * 0.0
@@ -61,13 +63,32 @@ class CrossAttention(nn.Module):
 
 
 class MTMHead(nn.Module):
-    """Eq. 7-10: cross-attention over the unmasked text, one MLP g_ID^(f) per field, scored against
-    output embeddings of the positive and K noise features with NCE (Eq. 10).
+    """Eq. 7-10: cross-attention over the unmasked text (Eq. 7), one two-layer GELU MLP g_ID^(f)
+    per field (Eq. 8), scored against the output rows of the positive and K noise features with
+    NCE (Eq. 10) instead of the softmax over all M features of Eq. 8-9.
 
-    The output table's rows are [o_j, b_j]: the last column is the bias (initialised to
-    log(frequency) + log(M), as the authors' MAP code does); g_ID^(f)(u_i) is extended with a
-    constant 1 so one dot product gives o_j . h + b_j. The logit is corrected by -log(K q_j).
-    joint=False is 'w/o joint reconstruction': u_i is v^_i projected, no text."""
+    This module holds no output rows: they live in the NCE output table (NCEOutput in
+    flip_dist/models/flip.py, a TorchRec table the runtime may shard), one row per feature id j
+    of nce_dim values [o_j, b_j]: o_j (nce_dim - 1 values) is the output embedding, the last
+    column b_j a per-feature bias, trained with the rest of the row. The query is
+    h = [g_ID^(f)(u_i), 1], so one dot product gives the score s_j = o_j . g_ID^(f)(u_i) + b_j
+    (the c_{i,f,j} of Eq. 8).
+
+    The whole table is first drawn by its init_fn, normal(0, 1e-4) (NCE_INIT_STD in flip.py);
+    then b_j is overwritten from the train counts (`nce_bias` / NCEOutput.init_bias in flip.py,
+    or sharding.load_nce_bias once sharded), with q_j = max(count_j, 1) / sum(counts) and
+    `model.nce_bias_init`:
+      log_q (default): b_j = log q_j;
+      map:             b_j = log q_j + log M, M = the number of feature ids (table rows), as in
+                       the authors' MAP code.
+    log(K q_j) is not part of b_j. It enters only in `nce_loss`, which is given it per candidate
+    (`log_kq`, built in flip_dist/train/steps.py as log K + the noise sampler's log q_j, floored
+    at the smallest log q of a drawable id) and subtracts it from every score: the NCE logit is
+    s_j - log(K q_j), the standard NCE correction that Eq. 10 leaves implicit. With o_j ~ 0 at
+    the start, every corrected logit is -log K under log_q (the noise prior, sigma = 1/(K+1))
+    and log(M/K) under map.
+    joint=False is 'w/o joint reconstruction': u_i = v^_i itself (no text, no attention) goes
+    into g_ID^(f)."""
 
     def __init__(self, d_tab: int, d_text: int, num_fields: int, nce_dim: int, hidden: int = 256,
                  joint: bool = True) -> None:
@@ -75,11 +96,16 @@ class MTMHead(nn.Module):
         self.joint = joint
         d_in = d_text if joint else d_tab
         self.attend = CrossAttention(d_tab, d_text) if joint else None
-        # g_ID^(f) for every field at once: stacked weights, one batched matmul (Eq. 8).
+        # g_ID^(f) for every field at once (Eq. 8): weights stacked by field; queries() gathers each
+        # masked item's field slice and runs one batched matmul (bmm) per layer. The output layer
+        # has nce_dim - 1 units: the constant 1 appended in queries() meets b_j.
         self.w1 = nn.Parameter(torch.empty(num_fields, d_in, hidden))
         self.b1 = nn.Parameter(torch.zeros(num_fields, hidden))
         self.w2 = nn.Parameter(torch.empty(num_fields, hidden, nce_dim - 1))
         self.b2 = nn.Parameter(torch.zeros(num_fields, nce_dim - 1))
+        # nn.Linear's default init applied to the stacked view (out, num_fields * in): its fan_in is
+        # num_fields * in, so the bound is 1 / sqrt(num_fields * in), sqrt(num_fields) times smaller
+        # than a separate nn.Linear per field would get. The biases start at zero.
         for w in (self.w1, self.w2):
             nn.init.kaiming_uniform_(w.view(-1, w.shape[-1]).T, a=math.sqrt(5))
 
@@ -96,8 +122,12 @@ class MTMHead(nn.Module):
     @staticmethod
     def nce_loss(h: torch.Tensor, out_rows: torch.Tensor, log_kq: torch.Tensor, rows: torch.Tensor,
                  batch_size: int) -> torch.Tensor:
-        """Eq. 10. h: (N, nce_dim); out_rows: (N, 1+K, nce_dim) output rows of [positive, noise...];
-        log_kq: (N, 1+K) log(K q_j). Per-instance mean over masked fields, then batch mean."""
+        """Eq. 10 on corrected logits. h: (N, nce_dim) queries from `queries`; out_rows: (N, 1+K,
+        nce_dim) NCE table rows [o_j, b_j] of [positive, noise...]; log_kq: (N, 1+K) log(K q_j) of
+        the same ids. Logit = h . row - log(K q_j) = s_j - log(K q_j), in float32; BCE with
+        target 1 for the positive and 0 for the K noise ids (a noise draw equal to the positive is
+        kept and counts as noise), summed over the 1+K. Then the mean over an instance's masked
+        fields, then the mean over the instances that have any (rows = each item's instance)."""
         logits = torch.einsum("nd,nkd->nk", h.float(), out_rows.float()) - log_kq
         target = torch.zeros_like(logits)
         target[:, 0] = 1.0
@@ -109,7 +139,8 @@ class ICLHead(nn.Module):
     """Eq. 11-13: project [CLS] and v to d, normalise, InfoNCE in both directions with temperature
     tau. norm='l2' (default: cosine similarity, where tau = 0.7 makes sense) or 'layernorm' (the
     official code, whose dot products reach +-100). Negatives come from every rank when a process
-    group exists (differentiable all_gather)."""
+    group of more than one rank exists (differentiable all_gather; every rank must then have the
+    same batch size); each rank's loss averages over its own rows."""
 
     def __init__(self, d_text: int, d_tab: int, dim: int = 128, tau: float = 0.7, norm: str = "l2") -> None:
         super().__init__()

@@ -9,7 +9,8 @@ drawn, and `log_prob` gives log q for the NCE logit correction -log(K q).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,7 +154,7 @@ class AliasSampler(nn.Module):
         return torch.where(keep, col, out, out=out).reshape(shape)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
-               ) -> "AliasSampler":
+               ) -> AliasSampler:
         """Follow device moves, refuse dtype casts (see the class docstring)."""
         for name, buf in self._buffers.items():
             if buf is None:

@@ -1,1 +1,2 @@
-"""Training: the FLIP step (shared by every runtime) and the loops that run it."""
+"""Training: the stages (pretrain, finetune, evaluate) and their step, shared by every runtime;
+the single-process loop over a stage."""

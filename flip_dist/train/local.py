@@ -1,113 +1,68 @@
-"""Single-process FLIP on CPU or one GPU: pretrain (Eq. 14) and finetune (Eq. 17-19) loops with
-AdamW on the dense side, Adam on the tables, warmup + cosine decay, streaming evaluation.
-The distributed runtime replaces the loops, not the step (flip_dist/train/steps.py)."""
+"""Single-process FLIP on CPU or one GPU: the loop over a stage (flip_dist.train.stages) with whole
+tables stepped by a plain optimizer after backward, the dense side by AdamW (pretraining) / Adam
+(finetuning), warmup + cosine decay, and streaming evaluation. The distributed runtime runs the
+same stages and steps; it replaces the loop, not the step."""
 from __future__ import annotations
 
-import logging
-import math
 import time
-from dataclasses import asdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from flip_dist.checkpoints import dataset_fingerprint, write_export
+from flip_dist.checkpoints.exports import TABLE_FILES
 from flip_dist.config import FlipConfig
 from flip_dist.data.batches import ShardReader
-from flip_dist.data.shards import read_manifest
-from flip_dist.errors import FlipConfigError
+from flip_dist.data.manifest import Manifest, read_manifest
 from flip_dist.eval.metrics import CTRMetrics
-from flip_dist.models.flip import FlipFinetuneDense, FlipPretrainDense, FlipSparse
-from flip_dist.models.objectives import objectives
-from flip_dist.models.id_models import build_id_model
-from flip_dist.models.plm import load_plm
-from flip_dist.models.sampling import AliasSampler
-from flip_dist.text_assets import MINILM, ROBERTA_BPE
-from flip_dist.models.embedding import TABLE_NAME
-from flip_dist.models.flip import NCE_TABLE
-from flip_dist.train.checkpoint import dataset_fingerprint, load_module, load_state_file, read_meta, save_state_dicts
-from flip_dist.train.steps import TextIds, finetune_inputs, pretrain_inputs
-
-log = logging.getLogger(__name__)
+from flip_dist.models.flip import FlipSparse
+from flip_dist.train.optim import dense_optimizer, table_optimizer, warmup_cosine
+from flip_dist.train.stages import Stage, StageModel, get_stage
+from flip_dist.train.steps import finetune_inputs
 
 
-def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
-    warm = int(total_steps * warmup_ratio)
+class LocalTables:
+    """Whole tables in this process; their optimizer is stepped after backward by the loop."""
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total_steps - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return factor
+    device = torch.device("cpu")
+
+    def build(self, manifest: Manifest, embed_dim: int, nce_dim: int | None, settings: Any) -> nn.Module:
+        return FlipSparse(manifest.num_features, manifest.fields, embed_dim, nce_dim)
+
+    def init_nce_bias(self, sparse: nn.Module, counts: np.ndarray, mode: str) -> None:
+        sparse.nce.init_bias(counts, mode)
+
+    def load(self, sparse: nn.Module, table: str, weight: torch.Tensor) -> None:
+        for module in (sparse.embedding, sparse.nce):
+            if module is not None and table in module.ebc.embedding_bags:
+                with torch.no_grad():
+                    module.ebc.embedding_bags[table].weight.copy_(weight)
+
+    def lookups(self, sparse: nn.Module) -> nn.Module:
+        return sparse
+
+    def export(self, sparse: nn.Module) -> dict[str, torch.Tensor]:
+        return {name: module.ebc.embedding_bags[table].weight for name, table in TABLE_FILES.items()
+                for module in (sparse.embedding, sparse.nce)
+                if module is not None and table in module.ebc.embedding_bags}
 
 
-def sparse_optimizer(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    """The tables' optimizer by name, for both runtimes: the single process steps it after
-    backward, the distributed one hands it to TorchRec, which fuses it into the backward pass."""
-    import torchrec.optim
-
-    return {"rowwise_adagrad": (torchrec.optim.RowWiseAdagrad, {"eps": 1e-8}),
-            "adagrad": (torch.optim.Adagrad, {"eps": 1e-8}),
-            "sgd": (torch.optim.SGD, {}),
-            "adam": (torch.optim.Adam, {})}[name]
-
-
-def _optimizer(dense: nn.Module, sparse: nn.Module | None, cfg: Any, total_steps: int,
-               adamw: bool, sparse_opt: str = "adam") -> tuple[list[torch.optim.Optimizer], list[Any]]:
-    """Dense: AdamW (pretraining) / Adam (finetuning). Tables: Adam by default; `adagrad` or `sgd`
-    match the fused optimizers of the distributed runtime (the equivalence test)."""
-    dense_params = [p for p in dense.parameters() if p.requires_grad]
-    # foreach: one kernel per op over all tensors, not a Python loop per tensor (3x faster on CPU).
-    opt = (torch.optim.AdamW if adamw else torch.optim.Adam)(dense_params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                                             foreach=True)
-    opts = [opt]
-    if sparse is not None:
-        opt_cls, kwargs = sparse_optimizer(sparse_opt)
-        opts.append(opt_cls(sparse.parameters(), lr=cfg.embed_lr, **kwargs))
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, warmup_cosine(total_steps, cfg.warmup_ratio)) for o in opts]
+def _optimizers(stage: Stage, model: StageModel, total_steps: int) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+    s = stage.settings
+    opts = [dense_optimizer(model.dense.parameters(), stage.adamw, s.lr, s.weight_decay)]
+    if model.sparse is not None:
+        opt_cls, kwargs = table_optimizer(s.table_optimizer)
+        opts.append(opt_cls(model.sparse.parameters(), lr=s.embed_lr, **kwargs))
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, warmup_cosine(total_steps, s.warmup_ratio)) for o in opts]
     return opts, scheds
 
 
-def _steps(n_rows: int, cfg: Any) -> int:
-    per_epoch = n_rows // cfg.batch_size
-    total = per_epoch * cfg.epochs
-    return min(total, cfg.max_steps) if cfg.max_steps else total
-
-
-def _check_text(manifest: dict, plm: str, tokenizer: str, vocab_size: int) -> None:
-    """Token ids mean nothing to a PLM of another vocabulary: refuse to start rather than train on
-    silently wrong tokens."""
-    named = {MINILM, ROBERTA_BPE}
-    data_tok = manifest.get("tokenizer_name")
-    wrong_family = data_tok in named and tokenizer in named and data_tok != tokenizer
-    if wrong_family or manifest["text_vocab_size"] > vocab_size:
-        raise FlipConfigError(f"the dataset was tokenized with {data_tok} ({manifest['text_vocab_size']} tokens) "
-                              f"but the PLM {plm} expects {tokenizer} ({vocab_size}): "
-                              "preprocess with the PLM's tokenizer (--tokenizer)")
-
-
-def check_text_matches(manifest: dict, model: Any) -> None:
-    """The same check from the PLM's config alone (the driver, before workers load weights)."""
-    from flip_dist.models.plm import text_spec
-
-    _check_text(manifest, model.plm, *text_spec(model.plm, model.plm_path))
-
-
-def build_encoders(cfg: FlipConfig, manifest: dict) -> tuple[nn.Module, nn.Module, Any]:
-    """The PLM and the ID model for a processed dataset, after checking that its token ids are
-    the PLM's (every runtime builds them here)."""
-    plm, info = load_plm(cfg.model.plm, cfg.model.plm_path, trust_remote_code=cfg.model.trust_remote_code,
-                         num_layers=cfg.model.plm_layers, dropout=cfg.model.plm_dropout)
-    _check_text(manifest, info.name, info.tokenizer, info.vocab_size)
-    id_model = build_id_model(cfg.model.id_model, manifest["num_fields"], cfg.model.embed_dim, **cfg.model.id_params)
-    return plm, id_model, info
-
-
-def _loop(batches: Iterable, total: int, step_fn: Callable[[Any], dict[str, torch.Tensor]],
+def _loop(batches: Iterable, total: int, step_fn: Callable[[Any], dict[str, torch.Tensor]], loss_key: str,
           params: list[nn.Parameter], opts: list, scheds: list, grad_clip: float, desc: str) -> list[dict]:
     history = []
     bar = tqdm(total=total, desc=desc, unit="step")
@@ -118,7 +73,7 @@ def _loop(batches: Iterable, total: int, step_fn: Callable[[Any], dict[str, torc
         losses = step_fn(batch)
         for o in opts:
             o.zero_grad(set_to_none=True)
-        losses["total" if "total" in losses else "loss"].backward()
+        losses[loss_key].backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         for o in opts:
@@ -136,120 +91,60 @@ def _loop(batches: Iterable, total: int, step_fn: Callable[[Any], dict[str, torc
     return history
 
 
-def dense_heads_state(dense: nn.Module) -> dict[str, torch.Tensor]:
-    """The dense module's own layers (heads, alpha), without the two encoders saved apart."""
-    return {k: v for k, v in dense.state_dict().items() if not k.startswith(("plm.", "id_model."))}
+def build_local(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> tuple[Stage, StageModel]:
+    """A stage's modules in this process, started from its `init` if the config gives one."""
+    stage = get_stage(stage_name, cfg)
+    return stage, stage.build(read_manifest(data_dir), data_dir, LocalTables())
 
 
-def load_training_state(folder: str | Path, expect: str, plm: nn.Module, id_model: nn.Module,
-                        load_table: Callable, dense: nn.Module | None) -> None:
-    """Start from a checkpoint (single-process, or a distributed export: the same files): the
-    encoders, the tables (through `load_table(name, full_weight)`, which may write into shards)
-    and, given `dense` and when the checkpoint has them, its heads (continued pretraining;
-    evaluating a finetuned model). `expect`: the stage that must have written it."""
-    found = read_meta(folder).get("stage")
-    if found != expect:
-        raise FlipConfigError(f"{folder} is a {found!r} checkpoint, expected {expect!r}")
-    load_module(folder, "plm", plm)
-    load_module(folder, "id_model", id_model)
-    for name, table in (("embedding", TABLE_NAME), ("nce", NCE_TABLE)):
-        if (Path(folder) / f"{name}.pt").is_file():
-            state = load_state_file(folder, f"{name}.pt")
-            load_table(table, state[f"ebc.embedding_bags.{table}.weight"])
-    if dense is not None and (Path(folder) / "heads.pt").is_file():
-        load_module(folder, "heads", dense, strict=False)
-
-
-def _table_loader(sparse: FlipSparse | None) -> Callable[[str, torch.Tensor], None]:
-    """load_table for whole, unsharded tables (the distributed worker writes into its shards)."""
-    def load(name: str, weight: torch.Tensor) -> None:
-        for module in (sparse.embedding, sparse.nce) if sparse is not None else ():
-            if module is not None and name in module.ebc.embedding_bags:
-                with torch.no_grad():
-                    module.ebc.embedding_bags[name].weight.copy_(weight)
-    return load
-
-
-def build_pretrain(cfg: FlipConfig, data_dir: str | Path
-                   ) -> tuple[FlipSparse, FlipPretrainDense, AliasSampler | None, TextIds, ShardReader]:
-    pc = cfg.pretrain
-    obj = objectives(pc.objectives)
-    torch.manual_seed(pc.seed)
+def train_local(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> tuple[Stage, StageModel, list[dict]]:
+    """Build a training stage and run it to its total steps on the train split of `data_dir`."""
+    stage, model = build_local(cfg, stage_name, data_dir)
+    s = stage.settings
     reader = ShardReader(data_dir, "train")
-    m = reader.manifest
-    plm, id_model, info = build_encoders(cfg, m)
-    counts = np.load(Path(data_dir) / "feature_counts.npy")
-    sparse = FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim, cfg.model.nce_dim if obj.mtm else None)
-    if sparse.nce is not None:
-        sparse.nce.init_bias(counts, cfg.model.nce_bias_init)
-    sampler = AliasSampler(counts) if obj.mtm else None
-    dense = FlipPretrainDense(plm, id_model, info.hidden_size, info.vocab_size, m["num_fields"], obj,
-                              cfg.model.nce_dim, cfg.model.mtm_hidden, cfg.model.icl_dim, pc.tau, cfg.model.icl_norm)
-    if pc.init:
-        load_training_state(pc.init, "pretrain", plm, id_model, _table_loader(sparse), dense)
-    return sparse, dense, sampler, TextIds(int(m["text_mask_id"]), info.vocab_size), reader
+    total = stage.total_steps(len(reader), 1)
+    opts, scheds = _optimizers(stage, model, total)
+    gen = torch.Generator().manual_seed(s.seed)
+
+    def step(batch: Any) -> dict[str, torch.Tensor]:
+        return stage.losses(model.dense(**stage.inputs(model, model.sparse, batch, gen)))
+
+    batches = (b for e in range(s.epochs) for b in reader.batches(s.batch_size, shuffle=True, seed=s.seed + e,
+                                                                   drop_last=True))
+    params = list(model.dense.parameters()) + (list(model.sparse.parameters()) if model.sparse is not None else [])
+    history = _loop(batches, total, step, stage.loss_key, params, opts, scheds, s.grad_clip, stage.label)
+    return stage, model, history
 
 
-def save_pretrain(cfg: FlipConfig, folder: str | Path, sparse: FlipSparse, dense: FlipPretrainDense,
-                  data_dir: str | Path, steps: int) -> Path:
-    modules = {"embedding": sparse.embedding, "id_model": dense.id_model, "plm": dense.plm, "nce": sparse.nce}
-    states = {k: m.state_dict() for k, m in modules.items() if m is not None}
-    states["heads"] = dense_heads_state(dense)
-    return save_state_dicts(folder, states, {"stage": "pretrain", "config": asdict(cfg), "data": str(data_dir),
-                                             "dataset_fingerprint": dataset_fingerprint(read_manifest(data_dir)),
-                                             "steps": steps, "runtime": "local"})
+def export_local(cfg: FlipConfig, folder: str | Path, stage: Stage, model: StageModel, data_dir: str | Path,
+                 steps: int) -> Path:
+    """The export of a stage trained in this process (the format the distributed runtime writes)."""
+    return write_export(folder, plm=model.encoders.plm, id_model=model.encoders.id_model, dense=model.dense,
+                        tables=LocalTables().export(model.sparse) if model.sparse is not None else {},
+                        meta={"stage": stage.name, "config": cfg.to_dict(), "data": str(data_dir),
+                              "dataset_fingerprint": dataset_fingerprint(read_manifest(data_dir)),
+                              "steps": steps, "runtime": "local"})
 
 
-def pretrain_local(cfg: FlipConfig, data_dir: str | Path, sparse_opt: str = "adam") -> dict[str, Any]:
-    """Pretrain on the train split of `data_dir`; save a checkpoint under cfg.pretrain.out_dir."""
-    pc = cfg.pretrain
-    sparse, dense, sampler, text, reader = build_pretrain(cfg, data_dir)
-    total = _steps(len(reader), pc)
-    opts, scheds = _optimizer(dense, sparse, pc, total, adamw=True, sparse_opt=sparse_opt)
-    gen = torch.Generator().manual_seed(pc.seed)
-
-    def step(batch):
-        inputs = pretrain_inputs(batch, sparse, sampler, dense.obj, pc.r_text, pc.r_tab, pc.num_noise, text, gen)
-        return dense(**inputs)
-
-    batches = (b for e in range(pc.epochs) for b in reader.batches(pc.batch_size, shuffle=True, seed=pc.seed + e,
-                                                                    drop_last=True))
-    history = _loop(batches, total, step, list(dense.parameters()) + list(sparse.parameters()), opts, scheds,
-                    pc.grad_clip, f"pretrain[{pc.objectives}]") if total else []
-    ckpt = save_pretrain(cfg, pc.out_dir, sparse, dense, data_dir, len(history))
+def pretrain_local(cfg: FlipConfig, data_dir: str | Path) -> dict[str, Any]:
+    """Pretrain on the train split of `data_dir`; export to cfg.pretrain.out_dir."""
+    stage, model, history = train_local(cfg, "pretrain", data_dir)
+    ckpt = export_local(cfg, cfg.pretrain.out_dir, stage, model, data_dir, len(history))
     return {"checkpoint": str(ckpt), "history": history}
 
 
-def finetune_local(cfg: FlipConfig, data_dir: str | Path, sparse_opt: str = "adam") -> dict[str, Any]:
+def finetune_local(cfg: FlipConfig, data_dir: str | Path) -> dict[str, Any]:
     """Finetune (cfg.finetune.mode) on train, evaluate AUC/logloss on test."""
+    stage, model, history = train_local(cfg, "finetune", data_dir)
     fc = cfg.finetune
-    torch.manual_seed(fc.seed)
-    reader = ShardReader(data_dir, "train")
-    m = reader.manifest
-    plm, id_model, info = build_encoders(cfg, m)
-    sparse = FlipSparse(m["num_features"], m["fields"], cfg.model.embed_dim, None) if fc.mode != "flip_plm" else None
-    if fc.init:
-        load_training_state(fc.init, "pretrain", plm, id_model, _table_loader(sparse), None)
-    torch.manual_seed(fc.seed)   # the new layers depend on the seed alone (the distributed worker does the same)
-    dense = FlipFinetuneDense(fc.mode, id_model, plm, info.hidden_size)
-    total = _steps(len(reader), fc)
-    opts, scheds = _optimizer(dense, sparse, fc, total, adamw=False, sparse_opt=sparse_opt)
-
-    def step(batch):
-        return dense(**finetune_inputs(batch, sparse))
-
-    batches = (b for e in range(fc.epochs) for b in reader.batches(fc.batch_size, shuffle=True, seed=fc.seed + e,
-                                                                    drop_last=True))
-    params = list(dense.parameters()) + (list(sparse.parameters()) if sparse is not None else [])
-    history = _loop(batches, total, step, params, opts, scheds, fc.grad_clip, f"finetune[{fc.mode}]")
-    metrics = evaluate(sparse, dense, ShardReader(data_dir, "test"), fc.eval_batch_size, fc.eval_rows)
-    if dense.alpha is not None:
-        metrics["alpha"] = float(dense.alpha)
+    metrics = evaluate(model.sparse, model.dense, ShardReader(data_dir, "test"), fc.eval_batch_size, fc.eval_rows)
+    if model.dense.alpha is not None:
+        metrics["alpha"] = float(model.dense.alpha)
     return {"metrics": metrics, "history": history}
 
 
 @torch.no_grad()
-def evaluate(sparse: FlipSparse | None, dense: FlipFinetuneDense, reader: ShardReader, batch_size: int,
+def evaluate(sparse: FlipSparse | None, dense: nn.Module, reader: ShardReader, batch_size: int,
              max_rows: int = 0) -> dict:
     dense.eval()
     metrics = CTRMetrics()

@@ -11,8 +11,8 @@ import torch
 from flip_dist.data.batches import Batch
 from flip_dist.data.vocab import MASK_ID
 from flip_dist.models.flip import FlipSparse
-from flip_dist.models.objectives import Objectives
 from flip_dist.models.masking import LOCAL, RowShard, mask_tab_fields, mask_text_fields, mask_text_tokens
+from flip_dist.models.objectives import Objectives
 from flip_dist.models.sampling import AliasSampler
 
 

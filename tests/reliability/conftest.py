@@ -46,7 +46,7 @@ def uninterrupted(ml100k_processed, ray_local, tmp_path_factory):
     """get(data) -> (run folder, listening sockets seen while it ran): the fault runs' settings with
     no fault, one run per data mode, made when first asked and shared by the reliability tests."""
     from flip_dist.config import load_config
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
     from reliability.helpers import fault_settings, sampling_listeners
 
     done: dict = {}

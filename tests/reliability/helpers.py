@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 STEPS, EVERY = 16, 4          # the fault runs: 16 steps, a checkpoint every 4
 

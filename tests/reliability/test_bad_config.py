@@ -72,7 +72,7 @@ def cfg(tmp_path):
 
 
 def test_an_unknown_deepspeed_preset_fails_before_any_worker(cfg, ml100k_processed, tmp_path, tally):
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
 
     cfg.dist.ds_config = "zero7_turbo"
     with pytest.raises(FlipConfigError, match="zero7_turbo"):
@@ -83,7 +83,7 @@ def test_an_unknown_deepspeed_preset_fails_before_any_worker(cfg, ml100k_process
 
 def test_more_workers_than_the_cluster_has_fail_fast(cfg, ml100k_processed, ray_local, tmp_path, tally):
     """The session's Ray has 2 CPUs; 64 workers x 0.5 CPU would wait forever for a placement."""
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
 
     cfg.dist.num_workers = 64
     cfg.pretrain.batch_size = 1
@@ -94,7 +94,7 @@ def test_more_workers_than_the_cluster_has_fail_fast(cfg, ml100k_processed, ray_
 
 def test_a_plm_that_cannot_read_the_dataset_tokens_is_refused(cfg, ml100k_processed, tally):
     """ML-100K was tokenized with MiniLM's WordPiece; RoBERTa's BPE ids mean other tokens."""
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
 
     cfg.model.plm, cfg.model.plm_layers = "roberta-base", 0
     with pytest.raises(FlipConfigError, match="tokenized with minilm .* expects roberta-bpe"):
@@ -103,11 +103,11 @@ def test_a_plm_that_cannot_read_the_dataset_tokens_is_refused(cfg, ml100k_proces
 
 
 def test_starting_from_a_checkpoint_of_another_dataset_is_refused(cfg, ml100k_processed, tmp_path, tally):
-    from flip_dist.dist.trainer import run_stage
-    from flip_dist.train.local import build_pretrain, save_pretrain
+    from flip_dist.distributed.trainer import run_stage
+    from flip_dist.train.local import build_local, export_local
 
-    sparse, dense, *_ = build_pretrain(cfg, ml100k_processed)
-    export = save_pretrain(cfg, tmp_path / "export", sparse, dense, ml100k_processed, steps=0)
+    stage, model = build_local(cfg, "pretrain", ml100k_processed)
+    export = export_local(cfg, tmp_path / "export", stage, model, ml100k_processed, steps=0)
     meta = json.loads((export / "meta.json").read_text())
     other = tmp_path / "other"
     shutil.copytree(export, other)

@@ -83,7 +83,7 @@ def test_a_dataset_that_disagrees_with_its_manifest_is_named(data, kind, tally):
 
 
 def test_training_on_it_fails_before_any_worker_starts(data, tmp_path):
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
     from reliability.helpers import small_dist_config
 
     _damage_shard(data)

@@ -13,9 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from flip_dist.checkpoints import (
+    CKPT_MANIFEST,
+    CheckpointError,
+    find_latest_checkpoint,
+    load_rank_state,
+    read_checkpoint_manifest,
+    verify_checkpoint,
+    write_checkpoint_manifest,
+)
 from flip_dist.errors import FlipConfigError, FlipDataError
-from flip_dist.train.checkpoint import (CKPT_MANIFEST, CheckpointError, find_latest_checkpoint, load_rank_state,
-                                        read_checkpoint_manifest, verify_checkpoint, write_checkpoint_manifest)
 
 
 @pytest.fixture()
@@ -96,7 +103,7 @@ def test_latest_considers_only_this_dataset_and_config(storage, tally):
 def test_naming_a_checkpoint_of_another_dataset_fails_before_any_worker_starts(
         storage, ml100k_processed, tmp_path, tally):
     """The same checkpoint, its manifest re-sealed as if written for another dataset."""
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
     from reliability.helpers import fault_settings, small_dist_config
 
     newest = _by_step(storage)[-1]
@@ -112,7 +119,7 @@ def test_naming_a_checkpoint_of_another_dataset_fails_before_any_worker_starts(
 
 
 def test_resume_latest_with_every_checkpoint_damaged_is_a_clear_error(storage, ml100k_processed, tmp_path, tally):
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
     from reliability.helpers import fault_settings, small_dist_config
 
     for folder in _by_step(storage):
@@ -141,7 +148,7 @@ def test_a_forged_rank_file_is_never_unpickled(storage, tally):
     torch.save({"step": torch.tensor(16), "payload": _Payload()}, newest / "rank0.pt")
     manifest = read_checkpoint_manifest(newest)
     files = manifest.pop("files")
-    from flip_dist.train.checkpoint import digest_files
+    from flip_dist.checkpoints import digest_files
 
     write_checkpoint_manifest(newest, manifest, digest_files(newest))
     assert verify_checkpoint(newest)["files"] != files         # the forgery verifies...

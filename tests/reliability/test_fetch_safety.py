@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -309,7 +309,8 @@ def test_a_zip_bomb_is_cut_at_the_member_and_total_caps(server, opener, tmp_path
     pair = make_zip(parts)
     server.routes["/pair.zip"] = body(pair)
     src = url_source(server.url("/pair.zip"), parts, pair, max_member=MB, max_total=MB)
-    with pytest.raises(FlipDataError, match=r"/pair\.zip!toy/b\.csv: members inflate past the 1,048,576-byte total cap"):
+    with pytest.raises(FlipDataError,
+                       match=r"/pair\.zip!toy/b\.csv: members inflate past the 1,048,576-byte total cap"):
         fetch("toy", tmp_path / "out", sources={"toy": src}, opener=opener)
     assert_nothing_left(tmp_path)
     tally("bad_input")

@@ -37,7 +37,7 @@ def test_preprocess_with_overwrite_never_replaces_a_foreign_folder(ml100k_raw, t
 def test_an_export_never_replaces_a_foreign_folder(tmp_path, tally):
     import torch
 
-    from flip_dist.train.checkpoint import save_state_dicts
+    from flip_dist.checkpoints import save_state_dicts
 
     out = tmp_path / "export"
     before = _foreign(out)

@@ -77,8 +77,10 @@ BX = {"BX-Book-Ratings.csv": '"User-ID";"ISBN";"Book-Rating"\n"2";"0195153448";"
                              '"8";"0060973129";"9"\n"2";"0060973129";"7"\n',
       "BX-Books.csv": '"ISBN";"Book-Title";"Book-Author";"Year-Of-Publication";"Publisher";"Image-URL-S";'
                       '"Image-URL-M";"Image-URL-L"\n'
-                      '"0195153448";"Classical Mythology";"Mark P. O. Morford";"2002";"Oxford University Press";"s";"m";"l"\n'
-                      '"0002005018";"The Word \\"Desire\\"";"Rikki Ducornet";"1997";"Henry Holt &amp; Company";"s";"m";"l"\n'
+                      '"0195153448";"Classical Mythology";"Mark P. O. Morford";"2002";"Oxford University Press";'
+                      '"s";"m";"l"\n'
+                      '"0002005018";"The Word \\"Desire\\"";"Rikki Ducornet";"1997";"Henry Holt &amp; Company";'
+                      '"s";"m";"l"\n'
                       '"0060973129";"Decision in Normandy";"Carlo D\'Este";"1991";"HarperPerennial";"s";"m";"l"\n',
       "BX-Users.csv": '"User-ID";"Location";"Age"\n"2";"stockton, california, usa";"18"\n'
                       '"8";"timmins, ontario, canada";NULL\n'}
@@ -288,7 +290,8 @@ def test_undecodable_data_lines_are_counted_bad_rows(ml100k: Path, tally) -> Non
 
 @pytest.mark.parametrize("name", [INTER, USER, ITEM, "goodreads_interactions.csv", "user_id_map.csv"])
 def test_undecodable_header_is_an_error_naming_line_1(name: str, ml100k: Path, tmp_path: Path, tally) -> None:
-    raw, dataset = (ml100k, "ml-100k") if name.startswith("ml-100k") else (_goodreads_csv(tmp_path, GR_CSV), "goodreads")
+    raw, dataset = ((ml100k, "ml-100k") if name.startswith("ml-100k")
+                    else (_goodreads_csv(tmp_path, GR_CSV), "goodreads"))
     path = raw / name
     data = path.read_bytes()
     path.write_bytes(data[:3] + b"\xff" + data[3:])       # "use\xffr_id..."
@@ -522,7 +525,8 @@ def test_overlong_lines_in_goodreads_json_lines(gz: bool, tmp_path: Path, tally)
     table, bad = _read("goodreads", raw, SMALL_LINES, chunk_bytes=1000, target_bytes=9000)
     assert table.num_rows == want.num_rows
     starts = np.cumsum([0] + [len(x) + 1 for x in lines])
-    part_of = (lambda off: next(p for p in parts if p.start <= off < p.end))
+    def part_of(off):
+        return next(p for p in parts if p.start <= off < p.end)
     expect = sorted(n if part_of(starts[n - 1]).start == 0 else int(starts[n - 1]) for n in (11, 32, 63))
     assert sorted(s["line"] for s in bad.samples) == expect and expect[-1] > 63
     tally("bad_input")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from flip_dist.dist.metrics_log import read_metrics
+from flip_dist.distributed.metrics_log import read_metrics
 from reliability.helpers import EVERY, STEPS, fault_settings, ledger, small_dist_config
 
 LOSSES = ("mlm", "mtm", "icl", "total")
@@ -111,7 +111,7 @@ def test_resume_latest_skips_a_damaged_checkpoint_and_trains_every_row_once(
     """Exact data mode. Stopped after step 6 (checkpoints at 4 and 6); the step-6 checkpoint is then
     damaged (one DeepSpeed optimizer file truncated). dist.resume=latest names it, falls back to step
     4, recomputes steps 5-6 and ends with the uninterrupted run's losses and rows."""
-    from flip_dist.dist.trainer import run_stage
+    from flip_dist.distributed.trainer import run_stage
 
     reference = uninterrupted("exact")[0] / "pre"
     cfg = small_dist_config(tmp_path, **{**fault_settings(tmp_path, "exact"), "dist.stop_after": 6})

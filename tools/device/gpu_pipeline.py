@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The GPU check, for a one-GPU machine without Ray (Ray's wheel is over the device tool's carry
-limit): the distributed worker loop itself (flip_dist.dist.worker.worker_loop) as a 1-rank nccl
+limit): the distributed worker loop itself (flip_dist.distributed.worker.worker_loop) as a 1-rank nccl
 job, pretrain -> finetune -> evaluate on real ML-100K shards under DeepSpeed ZeRO-2 bf16, then
 pretraining throughput with RoBERTa-Large (random weights). Tables are replicated plain torch
 EmbeddingBags (dist.sharding=none): the carried fbgemm is the CPU build, whose kernels TorchRec's
@@ -25,17 +25,17 @@ for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0", "W
     os.environ.setdefault(k, v)
 
 from flip_dist.config import load_config  # noqa: E402
-from flip_dist.dist.metrics_log import read_metrics  # noqa: E402
-from flip_dist.dist.worker import worker_loop  # noqa: E402
+from flip_dist.distributed.metrics_log import read_metrics  # noqa: E402
+from flip_dist.distributed.worker import WorkerArgs, worker_loop  # noqa: E402
 
-COMMON = ["dist.use_gpu=true", "dist.num_workers=1", "dist.sharding=none", "dist.sparse_optimizer=adam",
-          "dist.data=exact", "dist.log_every=10", "dist.checkpoint_every=0"]
+COMMON = ["dist.use_gpu=true", "dist.num_workers=1", "dist.sharding=none", "pretrain.table_optimizer=adam",
+          "finetune.table_optimizer=adam", "dist.data=exact", "dist.log_every=10", "dist.checkpoint_every=0"]
 
 
 def stage(name: str, data: str, run_dir: Path, sets: list[str]) -> dict:
     cfg = load_config(None, COMMON + sets + [f"pretrain.out_dir={run_dir}", f"finetune.out_dir={run_dir}"])
     t0 = time.perf_counter()
-    worker_loop({"config": cfg.to_dict(), "stage": name, "data_dir": data, "run_dir": str(run_dir), "resume": None})
+    worker_loop(WorkerArgs(cfg.to_dict(), name, data, str(run_dir)).to_dict())
     rows = read_metrics(run_dir)
     train = [r for r in rows if r["stage"] == name and name != "evaluate"]
     evaluation = [r for r in rows if r["stage"] == "evaluate"]
@@ -53,8 +53,10 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     if args.cpu:
-        COMMON[:] = [c for c in COMMON if not c.startswith(("dist.use_gpu", "dist.sparse_optimizer"))] + \
-            ["dist.use_gpu=false", "dist.sparse_optimizer=adagrad", "model.plm_layers=1"]
+        COMMON[:] = [c for c in COMMON if not c.startswith(("dist.use_gpu", "pretrain.table_optimizer",
+                                                                 "finetune.table_optimizer"))] + \
+            ["dist.use_gpu=false", "pretrain.table_optimizer=adagrad", "finetune.table_optimizer=adagrad",
+             "model.plm_layers=1"]
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     results = []
     small = ["model.plm=tinybert", "dist.ds_config=zero2_bf16"]
@@ -77,10 +79,12 @@ def main() -> int:
             results.append(r)
     for r in results:
         last, ev = r["last"], r["evaluation"]
-        print(f"{r['stage']:<34} wall {r['wall_s']:7.1f} s  train samples/s {last.get('samples_per_s', float('nan')):9.1f}  "
+        print(f"{r['stage']:<34} wall {r['wall_s']:7.1f} s  "
+              f"train samples/s {last.get('samples_per_s', float('nan')):9.1f}  "
               f"peak GPU GiB {last.get('peak_gpu_gib_by_rank')}  "
               f"last loss {last.get('total', last.get('loss', float('nan'))):.4f}"
-              + (f"  test AUC {ev['auc']:.4f} logloss {ev['logloss']:.4f} ({ev['count']} rows)" if ev else ""), flush=True)
+              + (f"  test AUC {ev['auc']:.4f} logloss {ev['logloss']:.4f} ({ev['count']} rows)" if ev else ""),
+              flush=True)
     (out / "gpu_pipeline.json").write_text(json.dumps(results, indent=1, default=str))
     return 0
 

@@ -12,16 +12,16 @@ quarantine) or a FlipDataError naming the file and the line or key, never as a s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
 
 from flip_dist.data.bad_rows import BadRows
-from flip_dist.data.readers.guarded import (DEFAULT_LIMITS, ReadLimits, column_index, header_line,
-                                            open_raw, skip_line)
+from flip_dist.data.readers.guarded import DEFAULT_LIMITS, ReadLimits, column_index, header_line, open_raw, skip_line
 from flip_dist.errors import FlipDataError
 
 ROW_ID_PART_SHIFT = 40  # row_id = part_index << 40 | row index within the part
@@ -32,7 +32,7 @@ class DatasetSpec:
     """What a dataset is, independent of how its files are laid out."""
 
     name: str
-    fields: tuple[str, ...]          # column names, in field order (DESIGN.md's lists)
+    fields: tuple[str, ...]          # column names, in field order (the prompt's order)
     field_texts: tuple[str, ...]     # how the template names each field: "<text> is <value>."
     label_rule: str
     split_rule: str
@@ -116,6 +116,20 @@ def seeded_order(ids: np.ndarray, seed: int) -> np.ndarray:
     return (z >> np.uint64(1)).astype(np.int64)
 
 
+def enter_part(f: IO[bytes], start: int) -> int:
+    """Position an open file at the first line of the part that begins at byte `start`, and return
+    that line's offset. The one rule for a line that crosses a part boundary: it belongs to the part
+    in which it starts. So a part that begins mid-line skips to the next line break (the previous
+    part owns that line and reads on past its own end to finish it), and a part stops before a line
+    that starts at or after its end. Every reader of byte-range parts enters them here."""
+    if start <= 0:          # a freshly opened file (a .gz stream cannot seek; it is one part)
+        return 0
+    f.seek(start - 1)
+    if f.read(1) == b"\n":
+        return start
+    return start + skip_line(f)
+
+
 def iter_lines(path: Path, start: int = 0, end: int = -1, limits: ReadLimits = DEFAULT_LIMITS,
                bad: BadRows | None = None) -> Iterator[tuple[int, bytes]]:
     """Raw lines (no line break) of a byte range, each with its 1-based line number when the
@@ -125,10 +139,7 @@ def iter_lines(path: Path, start: int = 0, end: int = -1, limits: ReadLimits = D
     and counted in `bad` ("line longer than N bytes"), or, without `bad`, is a FlipDataError."""
     max_line_bytes = limits.max_line_bytes
     with open_raw(path, limits) as f:
-        if start > 0:
-            f.seek(start - 1)
-            if f.read(1) != b"\n":
-                skip_line(f)  # the line that straddles `start` belongs to the previous part
+        enter_part(f, start)
         lineno = 0
         while True:
             pos = f.tell()
@@ -197,6 +208,8 @@ def named_rows(path: Path, encoding: str, sep: str, want: Sequence[str], bad: Ba
 
 
 def byte_ranges(path: Path, target_bytes: int) -> list[tuple[int, int]]:
+    """[start, end) parts of about `target_bytes` covering a file; they split lines anywhere, and
+    `enter_part` decides which part owns a line cut in two."""
     size = path.stat().st_size
     n = max(1, -(-size // max(1, target_bytes)))
     bounds = [size * i // n for i in range(n + 1)]

@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import csv
 import html
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from flip_dist.data.bad_rows import BadRows
-from flip_dist.data.readers.base import (DatasetSpec, PartResult, RawPart, RawReader, iter_lines,
-                                         require_file, row_ids, seeded_order, staging_table)
+from flip_dist.data.readers.base import (
+    DatasetSpec,
+    PartResult,
+    RawPart,
+    RawReader,
+    iter_lines,
+    require_file,
+    row_ids,
+    seeded_order,
+    staging_table,
+)
 from flip_dist.data.readers.guarded import DEFAULT_LIMITS, ReadLimits, column_index, has_long_line
 from flip_dist.errors import FlipDataError
 
@@ -49,7 +59,7 @@ class _Lines:
         self.lineno = 0
         self._lines = iter_lines(path, limits=limits, bad=bad)
 
-    def __iter__(self) -> "_Lines":
+    def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:

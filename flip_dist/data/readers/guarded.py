@@ -36,7 +36,7 @@ class ReadLimits:
     inflation_slack: int = 1 << 20
 
     @classmethod
-    def from_config(cls, cfg: PreprocessConfig) -> "ReadLimits":
+    def from_config(cls, cfg: PreprocessConfig) -> ReadLimits:
         return cls(max_line_bytes=cfg.max_line_bytes, max_inflation=cfg.max_inflation)
 
     def long_line(self) -> str:

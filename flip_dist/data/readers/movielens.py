@@ -13,8 +13,17 @@ from typing import Any
 import numpy as np
 
 from flip_dist.data.bad_rows import BadRows
-from flip_dist.data.readers.base import (DatasetSpec, PartResult, RawPart, RawReader, named_rows,
-                                         require_file, row_ids, split_delimited, staging_table)
+from flip_dist.data.readers.base import (
+    DatasetSpec,
+    PartResult,
+    RawPart,
+    RawReader,
+    named_rows,
+    require_file,
+    row_ids,
+    split_delimited,
+    staging_table,
+)
 from flip_dist.data.readers.guarded import DEFAULT_LIMITS, ReadLimits
 from flip_dist.errors import FlipDataError
 
@@ -129,12 +138,12 @@ class MovieLens1MReader(_MovieLensReader):
                                                                         limits=limits):
             try:
                 users[uid] = (GENDER_TEXT[gender], ML1M_AGE[age], ML1M_OCCUPATION[int(occ)], zipcode)
-            except (KeyError, ValueError, IndexError):
-                raise FlipDataError(f"bad user record {gender!r}/{age!r}/{occ!r}", path=str(path), row=lineno)
+            except (KeyError, ValueError, IndexError) as e:
+                raise FlipDataError(f"bad user record {gender!r}/{age!r}/{occ!r}", path=str(path), row=lineno) from e
         bad.raise_first()
         _no_rows(users, path)
         path = require_file(raw_dir, "movies.dat")
-        for lineno, (mid, title, genres) in split_delimited(path, self.encoding, "::", 3, bad, limits=limits):
+        for _lineno, (mid, title, genres) in split_delimited(path, self.encoding, "::", 3, bad, limits=limits):
             movies[mid] = (title, ", ".join(genres.split("|")))
         bad.raise_first()
         _no_rows(movies, path)

@@ -2,10 +2,15 @@
 
 The JSON files hold only what is a choice (ZeRO stage, bucket sizes, offload, bf16). Batch sizes,
 clipping and logging come from the experiment config here, so the two can never disagree silently:
-a file that sets one of them to another value fails with a FlipConfigError naming the key."""
+a file that sets one of them to another value fails with a FlipConfigError naming the key.
+
+The presets live once, in the repository's top-level ds_configs/ folder; pyproject.toml installs
+that folder as the package `flip_dist.ds_configs` (package-dir mapping), so a wheel carries them
+and an editable install maps the package back to the folder."""
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -13,7 +18,23 @@ from typing import Any
 
 from flip_dist.errors import FlipConfigError
 
-DS_CONFIG_DIR: Path = Path(__file__).resolve().parents[2] / "ds_configs"
+PRESET_PACKAGE = "flip_dist.ds_configs"
+
+
+def _preset_dir() -> Path:
+    """The folder of the preset JSON files: the installed package `flip_dist.ds_configs` (wheel or
+    editable install); without it (the source tree on PYTHONPATH, never installed) the repository's
+    ds_configs/ beside flip_dist/. Presets are read as files, so a zip import finds none."""
+    try:
+        found = importlib.resources.files(PRESET_PACKAGE)
+    except ModuleNotFoundError:
+        found = None
+    if isinstance(found, Path) and found.is_dir():
+        return found.resolve()
+    return Path(__file__).resolve().parents[2] / "ds_configs"
+
+
+DS_CONFIG_DIR: Path = _preset_dir()
 PRECISIONS = ("fp32", "bf16")
 ZERO_STAGES = (0, 1, 2, 3)
 _FP16_NAMES = ("torch.float16", "fp16", "float16", "half")

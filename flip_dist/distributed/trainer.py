@@ -1,4 +1,4 @@
-"""The driver side of a distributed stage: a Ray Train TorchTrainer over flip_dist.dist.worker
+"""The driver side of a distributed stage: a Ray Train TorchTrainer over flip_dist.distributed.worker
 (each worker streams its share of the train split with Ray Data: flip_dist.data.stream), restarted
 from its last checkpoint when a worker dies. Jobs (ray_jobs/) and the CLI call these."""
 from __future__ import annotations
@@ -10,88 +10,47 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flip_dist.checkpoints import resolve_resume, run_identity
 from flip_dist.config import FlipConfig
 from flip_dist.data.shards import validate_dataset
-from flip_dist.dist.metrics_log import read_metrics
-from flip_dist.dist.worker import check_resumable, worker_loop
+from flip_dist.distributed.metrics_log import read_metrics
+from flip_dist.distributed.worker import WorkerArgs, worker_loop
 from flip_dist.errors import FlipConfigError, FlipDataError
-from flip_dist.train.checkpoint import dataset_fingerprint, find_latest_checkpoint, run_identity, verify_checkpoint
 from flip_dist.io_atomic import write_json_atomic
 from flip_dist.ray_runtime import ray_session
+from flip_dist.train.stages import Stage, get_stage
 
 log = logging.getLogger(__name__)
 PREFLIGHT_ROWS = 256      # rows per shard whose contents preflight checks (row counts: all of them)
 
-# What every worker process needs in its environment: DeepSpeed on the right accelerator, no
-# tokenizer threads fighting over a worker's CPUs, op builds cached in the project. Ray's auth
-# mode and token are inherited from the cluster, never set here.
 def _worker_env(cfg: FlipConfig) -> dict[str, str]:
-    root = Path(__file__).resolve().parents[2]
-    env = {"TOKENIZERS_PARALLELISM": "false",
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(root / ".cache" / "torch_extensions"))}
+    """What every worker process needs in its environment: DeepSpeed on the right accelerator, no
+    tokenizer threads fighting over a worker's CPUs, the driver's op-build cache if it names one.
+    Ray's auth mode and token are inherited from the cluster, never set here."""
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if "TORCH_EXTENSIONS_DIR" in os.environ:
+        env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
     if not cfg.dist.use_gpu:
         env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(max(1, int(cfg.dist.cpus_per_worker))))
     return env
 
 
-def resolve_resume(cfg: FlipConfig, stage: str, manifest: dict[str, Any]) -> str | None:
-    """The checkpoint to continue from, verified (every file against its digest) and checked to
-    belong to this run (stage, workers, dataset): `latest` is the newest good one of this dataset
-    and config under the storage folder, skipping damaged ones by name; a folder is taken as given."""
-    resume = cfg.dist.resume
-    if not resume:
-        return None
-    identity = run_identity(cfg.to_dict(), stage, manifest)
-    storage = Path(cfg.dist.storage_path).resolve()
-    if resume == "latest":
-        found = find_latest_checkpoint(storage, stage, identity)
-        if found is None:
-            raise FlipConfigError(f"dist.resume=latest: no complete {stage} checkpoint of this dataset and config "
-                                  f"under {storage}")
-        resume = str(found)
-    path = Path(resume).resolve()
-    check_resumable(verify_checkpoint(path), path, stage, cfg.dist.num_workers, identity)
-    return str(path)
-
-
-def preflight(cfg: FlipConfig, stage: str, data_dir: Path) -> str | None:
+def preflight(cfg: FlipConfig, stage: Stage, data_dir: Path) -> str | None:
     """What can be checked before any worker starts (a worker's error arrives wrapped in Ray
     Train's, after tens of seconds, and a deterministic one would be retried): the dataset against
-    its manifest, the DeepSpeed preset, the PLM's tokenizer, the checkpoint to start from or resume.
-    Returns the verified checkpoint to resume, if any."""
-    from flip_dist.dist.ds_config import load_ds_config
-    from flip_dist.dist.worker import STAGES
-    from flip_dist.train.checkpoint import read_meta
-    from flip_dist.train.local import check_text_matches
+    its manifest, the DeepSpeed preset, the PLM's tokenizer, the stage's own checks (batch against
+    rows, its init), the checkpoint to resume. Returns the verified checkpoint to resume, if any."""
+    from flip_dist.distributed.ds_config import load_ds_config
+    from flip_dist.train.encoders import check_text_matches
 
-    if stage not in STAGES:
-        raise FlipConfigError(f"stage {stage!r}: one of {STAGES}")
     manifest = validate_dataset(data_dir, max_rows_per_shard=PREFLIGHT_ROWS, for_training=True)
-    tc = cfg.pretrain if stage == "pretrain" else cfg.finetune
-    load_ds_config(cfg.dist.ds_config, micro_batch=tc.batch_size, world_size=cfg.dist.num_workers,
-                   grad_accum=cfg.dist.grad_accum, grad_clip=tc.grad_clip, precision=cfg.dist.precision)
+    s, dc = stage.settings, cfg.dist
+    load_ds_config(dc.ds_config, micro_batch=s.batch_size, world_size=dc.num_workers,
+                   grad_accum=dc.grad_accum, grad_clip=s.grad_clip, precision=dc.precision)
     check_text_matches(manifest, cfg.model)
-    if stage != "evaluate":
-        per_epoch = manifest["num_train"] // cfg.dist.num_workers // tc.batch_size
-        if per_epoch == 0:
-            raise FlipConfigError(f"{stage}.batch_size={tc.batch_size} on {cfg.dist.num_workers} workers needs more "
-                                  f"than the {manifest['num_train']} train rows of {data_dir}")
-        if tc.max_steps > per_epoch * tc.epochs:
-            log.warning("%s.max_steps=%d, but %d epoch(s) of %d train rows give %d steps: training %d (raise "
-                        "%s.epochs for more)", stage, tc.max_steps, tc.epochs, manifest["num_train"],
-                        per_epoch * tc.epochs, per_epoch * tc.epochs, stage)
-    if stage == "evaluate" and not tc.init:
-        raise FlipConfigError("evaluate needs finetune.init: a finetuning export folder")
-    if tc.init:
-        expected = {"pretrain": "pretrain", "finetune": "pretrain", "evaluate": "finetune"}[stage]
-        meta = read_meta(tc.init)
-        if meta.get("stage") != expected:
-            raise FlipConfigError(f"{stage}.init {tc.init} is a {meta.get('stage')!r} checkpoint, expected {expected!r}")
-        theirs = meta.get("dataset_fingerprint")
-        if theirs is not None and theirs != dataset_fingerprint(manifest):
-            raise FlipConfigError(f"{stage}.init {tc.init} was trained on another dataset ({meta.get('data')}): "
-                                  f"its tables index another vocabulary than {data_dir}")
-    return resolve_resume(cfg, stage, manifest)
+    stage.preflight(manifest, dc.num_workers)
+    return resolve_resume(dc.resume, dc.storage_path, stage.name, dc.num_workers,
+                          run_identity(cfg.to_dict(), stage.section, manifest))
 
 
 def check_placeable(cfg: FlipConfig) -> None:
@@ -123,28 +82,27 @@ def _flip_error(error: BaseException) -> BaseException | None:
     return None
 
 
-def run_stage(cfg: FlipConfig, stage: str, data_dir: str | Path) -> dict[str, Any]:
+def run_stage(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> dict[str, Any]:
     """Run one stage on `cfg.dist.num_workers` Ray Train workers; returns the final metrics and
     where the checkpoint and export are. Needs no Ray session: starts or joins one. A worker group
     that loses a worker is restarted from the last checkpoint, up to dist.max_failures times."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from flip_dist.dist.rendezvous import NodeBoundTorchConfig
+    from flip_dist.distributed.rendezvous import NodeBoundTorchConfig
 
+    stage = get_stage(stage_name, cfg)
     data_dir = Path(data_dir).resolve()
     resume = preflight(cfg, stage, data_dir)
-    tc = cfg.pretrain if stage == "pretrain" else cfg.finetune
-    run_dir = Path(tc.out_dir).resolve()
+    run_dir = Path(stage.settings.out_dir).resolve()
     storage = Path(cfg.dist.storage_path).resolve()
-    run_name, started = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}", time.time()
+    run_name, started = f"{stage.name}-{time.strftime('%Y%m%d-%H%M%S')}", time.time()
     dc = cfg.dist
     with ray_session(cfg.ray):
         check_placeable(cfg)
         trainer = TorchTrainer(
             worker_loop, torch_config=NodeBoundTorchConfig(),
-            train_loop_config={"config": cfg.to_dict(), "stage": stage, "data_dir": str(data_dir),
-                               "run_dir": str(run_dir), "resume": resume},
+            train_loop_config=WorkerArgs(cfg.to_dict(), stage.name, str(data_dir), str(run_dir), resume).to_dict(),
             scaling_config=ScalingConfig(num_workers=dc.num_workers, use_gpu=dc.use_gpu,
                                          resources_per_worker={"CPU": dc.cpus_per_worker,
                                                                **({"GPU": 1} if dc.use_gpu else {})}),
@@ -164,14 +122,14 @@ def run_stage(cfg: FlipConfig, stage: str, data_dir: str | Path) -> dict[str, An
     export_meta = export / "meta.json"
     logged = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
     evaluation = next((r for r in reversed(logged) if r["stage"] == "evaluate"), None)
-    summary = {"stage": stage, "metrics": result.metrics, "evaluation": evaluation, "run": str(storage / run_name),
-               "checkpoint": result.checkpoint.path if result.checkpoint else None,
-               "export": str(export) if stage != "evaluate" and export_meta.is_file()
+    summary = {"stage": stage.name, "metrics": result.metrics, "evaluation": evaluation,
+               "run": str(storage / run_name), "checkpoint": result.checkpoint.path if result.checkpoint else None,
+               "export": str(export) if stage.trains and export_meta.is_file()
                and export_meta.stat().st_mtime >= started else None,        # this run's, not an older one
                "metrics_log": str(run_dir / "metrics.jsonl")}
-    if stage != "evaluate" and summary["export"] is None and not dc.stop_after:
-        raise FlipDataError(f"{stage} ended without writing its export; see {summary['run']}", path=str(export))
-    write_json_atomic(run_dir / f"{stage}_result.json", summary)
+    if stage.trains and summary["export"] is None and not dc.stop_after:
+        raise FlipDataError(f"{stage.name} ended without writing its export; see {summary['run']}", path=str(export))
+    write_json_atomic(run_dir / f"{stage.name}_result.json", summary)
     return summary
 
 

@@ -5,7 +5,8 @@ table needs from outside: rows written in (NCE biases, a pretrained table) and r
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from flip_dist.config import DistConfig
 from flip_dist.errors import FlipConfigError
-from flip_dist.train.local import sparse_optimizer
+from flip_dist.train.optim import table_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,16 @@ def _collections(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 def sharding_plan(module: nn.Module, cfg: DistConfig, pg: dist.ProcessGroup, device: torch.device) -> Any:
     """The planner's plan where it offers what `cfg.sharding` asks, a hand-made one where the
-    device needs it (the CPU planner has no row-wise for EmbeddingBagCollection: STACK.md)."""
+    device needs it (TorchRec's planner offers no row-wise sharding of an EmbeddingBagCollection
+    on CPU)."""
     from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-    from torchrec.distributed.sharding_plan import (construct_module_sharding_plan, data_parallel,
-                                                    get_default_sharders, row_wise, table_wise)
+    from torchrec.distributed.sharding_plan import (
+        construct_module_sharding_plan,
+        data_parallel,
+        get_default_sharders,
+        row_wise,
+        table_wise,
+    )
     from torchrec.distributed.types import ShardingPlan
 
     world = dist.get_world_size(pg)
@@ -77,19 +84,20 @@ class ReplicatedTables(nn.Module):
         self.fused_optimizer.zero_grad(set_to_none=True)
 
 
-def shard_sparse(build: Callable[[torch.device], nn.Module], cfg: DistConfig, lr: float,
+def shard_sparse(build: Callable[..., nn.Module], cfg: DistConfig, optimizer: str, lr: float,
                  pg: dist.ProcessGroup, device: torch.device) -> nn.Module:
-    """build("meta") -> the tables, each rank materialising only its shards, with a fused
-    optimizer that updates the touched rows during backward (no dense gradient for the tables)."""
+    """build(device="meta") -> the tables, each rank materialising only its shards, with the fused
+    `optimizer` (a table_optimizer name) updating the touched rows during backward (no dense
+    gradient for the tables)."""
     from torch.distributed.optim import _apply_optimizer_in_backward
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.types import ShardingEnv
 
-    opt_cls, opt_kwargs = sparse_optimizer(cfg.sparse_optimizer)
+    opt_cls, opt_kwargs = table_optimizer(optimizer)
     if cfg.sharding == "none":
-        module = build(device)
+        module = build(device=device)
         return ReplicatedTables(module, opt_cls(module.parameters(), lr=lr, **opt_kwargs))
-    module = build(torch.device("meta"))
+    module = build(device=torch.device("meta"))
     for _, ebc in _collections(module):
         _apply_optimizer_in_backward(opt_cls, ebc.parameters(), {"lr": lr, **opt_kwargs})
     plan = sharding_plan(module, cfg, pg, device)
