@@ -92,9 +92,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
         result = run_pipeline(cfg)
         summary = {k: (v.get("evaluation") or v.get("metrics")) if isinstance(v, dict) and "stage" in v else v
                    for k, v in result.items()}
+        summary["curves"] = [v["curves"] for v in result.values() if isinstance(v, dict) and v.get("curves")]
     else:
         result = run_stage(cfg, args.command, args.data or cfg.preprocess.out_dir)
-        summary = {k: result[k] for k in ("evaluation", "checkpoint", "export", "metrics_log")} | \
+        summary = {k: result[k] for k in ("evaluation", "checkpoint", "export", "metrics_log", "curves")} | \
                   {"last": result["metrics"]}
     print(json.dumps(summary, indent=2, default=str))
     return 0

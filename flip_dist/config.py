@@ -231,10 +231,13 @@ class ModelConfig:
     nce_bias_init: Choice[Literal["log_q", "map"]] = _rule("log_q", "must be log_q or map")
                                        # log_q (starts at the noise prior) | map (authors' code)
     icl_dim: Int = _rule(128, "must be in 1..65536", "icl_dim/mtm_hidden", ge=1, le=1 << 16)   # d (paper IV-C5)
-    icl_norm: Choice[Literal["l2", "layernorm"]] = _rule("l2", "must be l2 or layernorm")
-                                       # l2 (cosine) | layernorm (official code)
+    icl_norm: Choice[Literal["l2", "layernorm"]] = _rule("layernorm", "must be l2 or layernorm")
+                                       # layernorm: dot product of LayerNorm'd projections (the paper,
+                                       #   Eq. 11-12, and its code) | l2 (cosine)
     plm_dropout: Float | None = _rule(None, "must be in [0, 1)", ge=0.0, lt=1.0)
                                        # None keeps the PLM's own; 0 for bit-comparable runs
+    mlm_tied: Bool = True              # the MLM decoder shares the PLM's word embeddings (BERT);
+                                       #   false: an output layer of its own (Eq. 5 read literally)
 
 
 @_section("dist")

@@ -124,7 +124,7 @@ def test_the_shipped_ml100k_config_loads_with_and_without_the_paper_preset():
     path = REPO / "ray_jobs/configs/ml100k.yaml"
     cpu = load_config(path)
     assert (cpu.pretrain.batch_size, cpu.pretrain.max_steps, cpu.model.plm, cpu.model.plm_layers) == \
-           (32, 150, "minilm", 2)
+           (32, 150, "minilm", 0)
     paper = load_config(path, preset="paper")
     pt = paper.pretrain
     assert (pt.batch_size, pt.epochs, pt.lr, pt.warmup_ratio, pt.max_steps) == (1024, 30, 5e-5, 0.0, 0)

@@ -9,6 +9,7 @@ each rank, not of the global batch, so its gradient weights the two halves sligh
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 
 import numpy as np
@@ -80,6 +81,7 @@ def test_pretrain_two_sharded_workers_match_one_process(ml100k_processed, pretra
     local.pretrain.out_dir = str(folder / "local")
     history = pretrain_local(local, ml100k_processed)["history"]
     _assert_same(_rows(folder / "pre", "pretrain"), history, ("mlm", "mtm", "icl", "total"))
+    assert result["curves"].endswith("pretrain_curves.png") and os.path.getsize(result["curves"]) > 1000
     # The export is the single-process checkpoint format, with the tables gathered whole.
     emb = torch.load(f"{result['export']}/embedding.pt", weights_only=True)["ebc.embedding_bags.features.weight"]
     init = torch.load(f"{initial}/embedding.pt", weights_only=True)["ebc.embedding_bags.features.weight"]

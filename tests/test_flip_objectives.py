@@ -26,16 +26,17 @@ def data(ml100k_processed):
     return reader.manifest, batch, counts
 
 
-def build(manifest, counts, name="full", seed=0):
+def build(manifest, counts, name="full", seed=0, mlm_tied=True, icl_norm="layernorm", plm_layers=1):
     torch.manual_seed(seed)
     obj = objectives(name)
-    plm, info = load_plm("minilm", num_layers=1)
+    plm, info = load_plm("minilm", num_layers=plm_layers)
     plm.eval()  # no dropout: gradient checks and overfitting are deterministic
     id_model = build_id_model("dcnv2", manifest.num_fields, 32)
     sparse = FlipSparse(manifest.num_features, manifest.fields, 32, 32 if obj.mtm else None)
     if sparse.nce is not None:
         sparse.nce.init_bias(counts)
-    dense = FlipPretrainDense(plm, id_model, info.hidden_size, info.vocab_size, manifest.num_fields, obj)
+    dense = FlipPretrainDense(plm, id_model, info.hidden_size, info.vocab_size, manifest.num_fields, obj,
+                              icl_norm=icl_norm, mlm_tied=mlm_tied)
     dense.eval()
     sampler = AliasSampler(counts) if obj.mtm else None
     return obj, sparse, dense, sampler, TextIds(manifest.text_mask_id, info.vocab_size)
@@ -70,6 +71,18 @@ def test_gradients_reach_the_right_parameters(data):
     assert dense.mlm.decoder.weight is dense.plm.get_input_embeddings().weight
     assert not reaches(out["mtm"], dense.mlm.transform.parameters())
     assert reaches(out["icl"], dense.plm.parameters()) and reaches(out["icl"], dense.id_model.parameters())
+
+
+def test_the_mlm_decoder_can_have_an_output_layer_of_its_own(data):
+    """model.mlm_tied=false: the paper's g_PLM read literally, a decoder the word embeddings do not share."""
+    manifest, batch, counts = data
+    parts = build(manifest, counts, mlm_tied=False)
+    dense = parts[2]
+    words = dense.plm.get_input_embeddings().weight
+    assert dense.mlm.decoder.weight is not words and dense.mlm.decoder.weight.shape == words.shape
+    out = losses_of(parts, batch)
+    assert reaches(out["mlm"], [dense.mlm.decoder.weight])
+    assert torch.isfinite(out["total"])
 
 
 def test_without_joint_reconstruction_each_modality_is_alone(data):
@@ -108,9 +121,11 @@ def test_each_encoder_runs_on_masked_and_unmasked_rows_once(data):
     assert calls == {"plm": [2 * len(batch)], "id": [2 * len(batch)]}
 
 
-def test_overfitting_one_real_batch_drives_every_loss_down(data):
+@pytest.mark.parametrize("icl_norm", ["layernorm", "l2"])
+def test_overfitting_one_real_batch_drives_every_loss_down(data, icl_norm):
     manifest, batch, counts = data
-    parts = build(manifest, counts)
+    # The whole MiniLM: cut to its first layers it gives every prompt the same [CLS] (test_icl_signal.py).
+    parts = build(manifest, counts, icl_norm=icl_norm, plm_layers=0)
     _, sparse, dense, _, _ = parts
     params = list(dense.parameters()) + list(sparse.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
@@ -123,9 +138,11 @@ def test_overfitting_one_real_batch_drives_every_loss_down(data):
         row = {k: float(v.detach()) for k, v in out.items()}
         first = first or row
         last = row
-    # InfoNCE on cosines at tau has a floor above 0: positives at +1, negatives at -1/(B-1).
+    # InfoNCE on cosines at tau has a floor above 0: positives at +1, negatives at -1/(B-1). Dot
+    # products of LayerNorm'd vectors are unbounded (|z|^2 = d): their floor is 0.
     B, tau = len(batch), 0.7
-    floor = {"icl": float(np.log1p((B - 1) * np.exp(-(1 + 1 / (B - 1)) / tau))), "mlm": 0.0, "mtm": 0.0}
+    icl_floor = float(np.log1p((B - 1) * np.exp(-(1 + 1 / (B - 1)) / tau))) if icl_norm == "l2" else 0.0
+    floor = {"icl": icl_floor, "mlm": 0.0, "mtm": 0.0}
     for k in ("mlm", "mtm", "icl"):
         assert last[k] - floor[k] < 0.6 * (first[k] - floor[k]), (k, first[k], last[k], floor[k])
 

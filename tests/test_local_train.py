@@ -25,8 +25,10 @@ def test_local_comparison_runs_every_variant(ml100k_processed, tmp_path):
     assert 0.0 < report["rows"]["FLIP"]["alpha"] < 1.0
     assert report["pretrain"]["steps"] == 3
     assert set(report["pretrain"]["last"]) >= {"mlm", "mtm", "icl", "total"}
+    assert 0.0 <= report["pretrain"]["last"]["icl_acc"] <= 1.0      # logged next to the ICL loss
     assert json.loads((tmp_path / "comparison.json").read_text())["rows"].keys() == report["rows"].keys()
     assert (tmp_path / "comparison.png").stat().st_size > 1000
+    assert (tmp_path / "pretrain_curves.png").stat().st_size > 1000
     assert "FLIP_PLM" in format_table(report)
 
     # The checkpoint holds trained weights, saved as plain tensors (weights_only loading).

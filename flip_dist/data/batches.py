@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from flip_dist.data.shards import read_manifest, shard_files
+from flip_dist.data.manifest import read_manifest
+from flip_dist.data.shards import shard_files
 
 
 @dataclass
@@ -94,3 +95,13 @@ class ShardReader:
                 drop_last: bool = False, max_rows: int = 0) -> Iterator[Batch]:
         for idx in self.batch_indices(batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, max_rows=max_rows):
             yield self.take(idx)
+
+
+def first_rows(folder: str | Path, split: str, rows: int, pad_id: int) -> Batch | None:
+    """The first `rows` rows of a split's first shard (start-up checks that need real prompts
+    without reading the split)."""
+    files = shard_files(folder, split)
+    if not files:
+        return None
+    first = next(pq.ParquetFile(files[0]).iter_batches(batch_size=rows, columns=ShardReader.COLUMNS), None)
+    return table_to_batch(pa.Table.from_batches([first]), pad_id) if first is not None else None

@@ -16,6 +16,7 @@ from flip_dist.data.shards import validate_dataset
 from flip_dist.distributed.metrics_log import read_metrics
 from flip_dist.distributed.worker import WorkerArgs, worker_loop
 from flip_dist.errors import FlipConfigError, FlipDataError
+from flip_dist.eval.curves import plot_training_curves
 from flip_dist.io_atomic import write_json_atomic
 from flip_dist.ray_runtime import ray_session
 from flip_dist.train.stages import Stage, get_stage
@@ -122,7 +123,11 @@ def run_stage(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> dict[st
     export_meta = export / "meta.json"
     logged = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
     evaluation = next((r for r in reversed(logged) if r["stage"] == "evaluate"), None)
+    curves = plot_training_curves([r for r in logged if r["stage"] == stage.name], run_dir / f"{stage.name}_curves.png",
+                                  f"{stage.label} on {dc.num_workers} workers, {data_dir.name}",
+                                  global_batch=stage.settings.batch_size * dc.num_workers) if stage.trains else None
     summary = {"stage": stage.name, "metrics": result.metrics, "evaluation": evaluation,
+               "curves": str(curves) if curves else None,
                "run": str(storage / run_name), "checkpoint": result.checkpoint.path if result.checkpoint else None,
                "export": str(export) if stage.trains and export_meta.is_file()
                and export_meta.stat().st_mtime >= started else None,        # this run's, not an older one

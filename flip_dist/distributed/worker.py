@@ -268,9 +268,10 @@ class Runtime:
         return self.engine(**self._to_engine(inputs))
 
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One micro-batch's forward and backward; returns its losses and what the stage measured."""
         losses = self.stage.losses(self._forward(batch))
         self.engine.backward(losses[self.stage.loss_key])
-        return losses
+        return {**losses, **self.stage.extras(self.model)}
 
     def fit(self) -> dict[str, Any]:
         """Train to total_steps (or stop_after steps of this run), reporting and checkpointing."""

@@ -83,11 +83,13 @@ class FlipPretrainDense(nn.Module):
 
     def __init__(self, plm: nn.Module, id_model: nn.Module, d_text: int, text_vocab: int, num_fields: int,
                  obj: Objectives, nce_dim: int = 32, mtm_hidden: int = 256, icl_dim: int = 128,
-                 tau: float = 0.7, icl_norm: str = "l2") -> None:
+                 tau: float = 0.7, icl_norm: str = "layernorm", mlm_tied: bool = True) -> None:
         super().__init__()
         self.plm, self.id_model, self.obj = plm, id_model, obj
         d_tab = id_model.out_dim
-        words = plm.get_input_embeddings().weight if hasattr(plm, "get_input_embeddings") else None
+        # The MLM decoder shares the PLM's word embeddings, as BERT's does (mlm_tied=False: its own
+        # weights: the two-layer MLP g_PLM of Eq. 5 read literally, with its own output layer).
+        words = plm.get_input_embeddings().weight if mlm_tied and hasattr(plm, "get_input_embeddings") else None
         self.mlm = MLMHead(d_text, d_tab, text_vocab, joint=obj.joint, tied=words) if obj.mlm else None
         self.mtm = MTMHead(d_tab, d_text, num_fields, nce_dim, mtm_hidden, joint=obj.joint) if obj.mtm else None
         self.icl = ICLHead(d_text, d_tab, icl_dim, tau, icl_norm) if obj.icl else None

@@ -136,19 +136,24 @@ class MTMHead(nn.Module):
 
 
 class ICLHead(nn.Module):
-    """Eq. 11-13: project [CLS] and v to d, normalise, InfoNCE in both directions with temperature
-    tau. norm='l2' (default: cosine similarity, where tau = 0.7 makes sense) or 'layernorm' (the
-    official code, whose dot products reach +-100). Negatives come from every rank when a process
-    group of more than one rank exists (differentiable all_gather; every rank must then have the
-    same batch size); each rank's loss averages over its own rows."""
+    """Eq. 11-13: project [CLS] and v to d with two linear layers, each followed by a normalization
+    layer, and InfoNCE over their dot products in both directions with temperature tau.
+    norm='layernorm' (default) is the paper's "normalization layer" with sim = dot product (and the
+    official code): |z|^2 = d, so the logits reach +-d / tau. norm='l2' makes sim the cosine, whose
+    loss has a floor above 0 at tau = 0.7. Measured on ML-100K (one process, the whole MiniLM,
+    batch 32, 150 steps of the full objective): layernorm takes ICL from 16.6 to 1.42 (in-batch
+    top-1 0.45), l2 from 3.47 (= ln 32) to 2.54 (top-1 0.80). Negatives come from every rank when a
+    process group of more than one rank exists (differentiable all_gather; every rank must then
+    have the same batch size); each rank's loss averages over its own rows."""
 
-    def __init__(self, d_text: int, d_tab: int, dim: int = 128, tau: float = 0.7, norm: str = "l2") -> None:
+    def __init__(self, d_text: int, d_tab: int, dim: int = 128, tau: float = 0.7, norm: str = "layernorm") -> None:
         super().__init__()
         self.text_proj, self.tab_proj = nn.Linear(d_text, dim), nn.Linear(d_tab, dim)
         self.norm = norm
         self.ln_text = nn.LayerNorm(dim) if norm == "layernorm" else None
         self.ln_tab = nn.LayerNorm(dim) if norm == "layernorm" else None
         self.tau = tau
+        self.last_accuracy: torch.Tensor | None = None   # the last forward's in-batch top-1 match
 
     def _z(self, x: torch.Tensor, proj: nn.Linear, ln: nn.LayerNorm | None) -> torch.Tensor:
         z = proj(x)
@@ -159,9 +164,13 @@ class ICLHead(nn.Module):
         z_tab = self._z(v, self.tab_proj, self.ln_tab).float()
         all_text, all_tab, offset = _gather_across_ranks(z_text), _gather_across_ranks(z_tab), _rank_offset(z_text)
         target = torch.arange(z_text.shape[0], device=z_text.device) + offset
-        text2tab = F.cross_entropy(z_text @ all_tab.T / self.tau, target)     # Eq. 11
-        tab2text = F.cross_entropy(z_tab @ all_text.T / self.tau, target)     # Eq. 12
-        return 0.5 * (text2tab + tab2text)                                     # Eq. 13
+        sim_text2tab, sim_tab2text = z_text @ all_tab.T / self.tau, z_tab @ all_text.T / self.tau
+        with torch.no_grad():   # in-batch top-1: does each row's own partner score highest? (logged, not trained)
+            self.last_accuracy = 0.5 * ((sim_text2tab.argmax(1) == target).float().mean()
+                                        + (sim_tab2text.argmax(1) == target).float().mean())
+        text2tab = F.cross_entropy(sim_text2tab, target)     # Eq. 11
+        tab2text = F.cross_entropy(sim_tab2text, target)     # Eq. 12
+        return 0.5 * (text2tab + tab2text)                   # Eq. 13
 
 
 def _mean_per_row(values: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -122,3 +122,20 @@ def _load_plm(name: str, plm_path: str | None, trust_remote_code: bool,
     if name in ARCHITECTURES and tokenizer != ROBERTA_BPE and (path / "tokenizer.json").is_file():
         tokenizer = str(path)
     return model, PLMInfo(name, tokenizer, config.hidden_size, config.vocab_size, False)
+
+
+# Below this, the [CLS] states of a batch are one vector: contrastive alignment (ICL) has nothing to
+# tell apart. Measured on ML-100K prompts: MiniLM cut to 1, 2 or 4 layers 0.1%, all 6 layers 46%.
+MIN_CLS_SPREAD = 0.01
+
+
+@torch.no_grad()
+def cls_spread(plm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    """How much the [CLS] states of different prompts differ: their mean distance from the batch's
+    mean [CLS], relative to that mean's norm (0 = every prompt gives the same state)."""
+    was_training = plm.training
+    plm.eval()
+    cls = plm(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0].float()
+    plm.train(was_training)
+    center = cls.mean(0)
+    return float((cls - center).norm(dim=-1).mean() / center.norm().clamp_min(1e-12))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flip_dist.config import FlipConfig
+from flip_dist.eval.curves import plot_training_curves
 from flip_dist.io_atomic import write_json_atomic
 from flip_dist.train.local import finetune_local, pretrain_local
 
@@ -28,6 +29,8 @@ def run_local_comparison(cfg: FlipConfig, data_dir: str | Path, out_dir: str | P
     pre_cfg.pretrain.out_dir = str(out / "pretrain")
     t0 = time.perf_counter()
     pre = pretrain_local(pre_cfg, data_dir)
+    plot_training_curves(pre["history"], out / "pretrain_curves.png",
+                         f"pretrain[{cfg.pretrain.objectives}], one process", global_batch=cfg.pretrain.batch_size)
     report["pretrain"] = {"seconds": round(time.perf_counter() - t0, 1), "steps": len(pre["history"]),
                           "first": pre["history"][0] if pre["history"] else None,
                           "last": pre["history"][-1] if pre["history"] else None}

@@ -81,7 +81,7 @@ def _loop(batches: Iterable, total: int, step_fn: Callable[[Any], dict[str, torc
         for s in scheds:
             s.step()
         seen += len(batch)
-        row = {k: float(v) for k, v in losses.items() if v.dim() == 0}
+        row = {k: float(v.detach()) for k, v in losses.items() if v.dim() == 0}
         row["step"] = step
         row["samples_per_s"] = seen / (time.perf_counter() - t0)
         history.append(row)
@@ -107,7 +107,8 @@ def train_local(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> tuple
     gen = torch.Generator().manual_seed(s.seed)
 
     def step(batch: Any) -> dict[str, torch.Tensor]:
-        return stage.losses(model.dense(**stage.inputs(model, model.sparse, batch, gen)))
+        losses = stage.losses(model.dense(**stage.inputs(model, model.sparse, batch, gen)))
+        return {**losses, **stage.extras(model)}
 
     batches = (b for e in range(s.epochs) for b in reader.batches(s.batch_size, shuffle=True, seed=s.seed + e,
                                                                    drop_last=True))

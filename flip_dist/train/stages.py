@@ -152,6 +152,10 @@ class Stage:
         """The losses of a forward's output (what is logged; `loss_key` is backpropagated)."""
         return {k: v for k, v in out.items() if k.startswith("loss")}
 
+    def extras(self, model: StageModel) -> dict[str, torch.Tensor]:
+        """What the last forward measured beside its losses, logged next to them."""
+        return {}
+
 
 class PretrainStage(Stage):
     """Eq. 14: MLM + MTM + ICL (a Table VII variant by `pretrain.objectives`)."""
@@ -183,8 +187,26 @@ class PretrainStage(Stage):
             sampler = AliasSampler(counts, device=tables.device)
         dense = FlipPretrainDense(enc.plm, enc.id_model, enc.info.hidden_size, enc.info.vocab_size,
                                   manifest.num_fields, obj, m.nce_dim, m.mtm_hidden, m.icl_dim, self.settings.tau,
-                                  m.icl_norm)
+                                  m.icl_norm, m.mlm_tied)
+        if obj.icl:
+            self._check_cls(enc, manifest, data_dir)
         return StageModel(enc, sparse, dense, sampler, TextIds(manifest.text_mask_id, enc.info.vocab_size))
+
+    def _check_cls(self, enc: Encoders, manifest: Manifest, data_dir: Path) -> None:
+        """ICL aligns [CLS] with v: warn when the PLM gives different prompts the same [CLS] state
+        (a PLM cut to its first layers does), since ICL then cannot learn (it stays at ln B)."""
+        from flip_dist.data.batches import first_rows
+        from flip_dist.models.plm import MIN_CLS_SPREAD, cls_spread
+
+        batch = first_rows(data_dir, "train", 32, manifest.text_pad_id)
+        if batch is None or len(batch) < 2:
+            return
+        spread = cls_spread(enc.plm, batch.input_ids, batch.attention_mask)
+        if spread < MIN_CLS_SPREAD:
+            log.warning("the PLM (model.plm=%s, model.plm_layers=%d) gives %d different prompts nearly the same [CLS] "
+                        "state (spread %.2g%% of its norm): the contrastive objective (ICL) cannot learn from it. "
+                        "Use more of the PLM's layers (model.plm_layers=0 keeps all).", self.cfg.model.plm,
+                        self.cfg.model.plm_layers, len(batch), 100 * spread)
 
     def inputs(self, model: StageModel, lookups: nn.Module | None, batch: Batch, generator: torch.Generator,
                shard: RowShard = LOCAL) -> dict[str, Any]:
@@ -194,6 +216,10 @@ class PretrainStage(Stage):
 
     def losses(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return out
+
+    def extras(self, model: StageModel) -> dict[str, torch.Tensor]:
+        icl = getattr(model.dense, "icl", None)
+        return {"icl_acc": icl.last_accuracy} if icl is not None and icl.last_accuracy is not None else {}
 
 
 class FinetuneStage(Stage):
