@@ -45,10 +45,11 @@ def preprocess_config_from_args(args: argparse.Namespace):
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from flip_dist.data.preprocess import preprocess
     from flip_dist.ray_runtime import ray_session
+    from flip_dist.train.encoders import preprocess_config
 
     cfg = preprocess_config_from_args(args)
     with ray_session(cfg.ray, dashboard=False):
-        manifest = preprocess(cfg.preprocess)
+        manifest = preprocess(preprocess_config(cfg))   # the PLM's own tokenizer when model.plm_path has one
     keys = ("dataset", "num_samples", "num_train", "num_test", "num_fields", "num_features",
             "positive_rate", "dropped", "timings")
     print(json.dumps({k: manifest[k] for k in keys} | {"bad_rows": manifest["bad_rows"]["total"],
@@ -72,6 +73,20 @@ def cmd_compare_local(args: argparse.Namespace) -> int:
     report = run_local_comparison(cfg, args.data or cfg.preprocess.out_dir, args.out)
     print(format_table(report))
     print(f"wrote {args.out}/comparison.json and comparison.png")
+    return 0
+
+
+def cmd_lr_search(args: argparse.Namespace) -> int:
+    from flip_dist.config import load_config
+    from flip_dist.train.lr_search import finetune_with_lr_search, format_report, search_lr
+
+    cfg = load_config(args.config, list(args.set), preset=args.preset)
+    out = args.out or f"{cfg.finetune.out_dir}/lr_search"
+    run = search_lr if args.search_only else finetune_with_lr_search
+    report = run(cfg, args.data or cfg.preprocess.out_dir, out)
+    print(format_report(report))
+    print(f"wrote {out}/lr_search.json and lr_search.png; the distributed finetuning takes the choice with "
+          f"--set finetune.lr={report['best_lr']:g}")
     return 0
 
 
@@ -134,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", default="runs/compare-local")
     cmp_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     cmp_.set_defaults(func=cmd_compare_local)
+
+    lrs = sub.add_parser("lr-search", help="single process: pick finetune.lr from finetune.lr_grid on a validation "
+                                           "slice of train (never test), then finetune with it and evaluate on test")
+    lrs.add_argument("--config", help="YAML experiment file")
+    lrs.add_argument("--preset", metavar="NAME",
+                     help="a named preset of the config file, layered on its base (default: its default_preset)")
+    lrs.add_argument("--data", help="processed dataset folder (default: the config's preprocess.out_dir)")
+    lrs.add_argument("--out", help="folder for lr_search.json / .png (default: finetune.out_dir/lr_search)")
+    lrs.add_argument("--search-only", action="store_true", help="stop after the choice (no final finetuning)")
+    lrs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    lrs.set_defaults(func=cmd_lr_search)
 
     helps = {"pretrain": "distributed FLIP pretraining (Ray Train + TorchRec + DeepSpeed)",
              "finetune": "distributed finetuning from finetune.init; evaluates at the end",

@@ -321,7 +321,7 @@ class PretrainConfig:
     r_tab: Float = _rule(0.15, "must be in (0, 1]", gt=0.0, le=1.0)   # tabular mask ratio
     num_noise: Int = _rule(25, "must be in 1..65536", ge=1, le=1 << 16)   # K (Eq. 10)
     tau: Float = _rule(0.7, "must be in (0, 1e4]", gt=0.0, le=1e4)        # ICL temperature (Eq. 11-12)
-    batch_size: Int = _batch_size(256)
+    batch_size: Int = _batch_size(256) # the global batch: rows per step over all workers
     epochs: Int = _epochs(1)
     max_steps: Int = _max_steps(0)     # > 0: stop after this many steps
     lr: Float = _lr(5e-5)              # dense side, AdamW, cosine decay (paper V-A4)
@@ -350,7 +350,7 @@ class PretrainConfig:
 class FinetuneConfig:
     mode: Choice[Literal["flip", "flip_id", "flip_plm"]] = _rule("flip", "must be flip, flip_id or flip_plm")
     init: Str | None = None            # a pretraining checkpoint folder; None = from scratch
-    batch_size: Int = _batch_size(256)
+    batch_size: Int = _batch_size(256) # the global batch, as in pretraining
     epochs: Int = _epochs(1)
     max_steps: Int = _max_steps(0)
     lr: Float = _lr(5e-5)              # dense side (paper: Adam, picked from 1e-5..5e-3)
@@ -361,11 +361,17 @@ class FinetuneConfig:
     weight_decay: Float = _weight_decay(0.0)
     warmup_ratio: Float = _warmup_ratio(0.0)
     grad_clip: Float = _grad_clip(1.0)
-    eval_batch_size: Int = _rule(1024, f"must be in 1..{MAX_BATCH}", ge=1, le=MAX_BATCH)
+    eval_batch_size: Int = _rule(1024, f"must be in 1..{MAX_BATCH}", ge=1, le=MAX_BATCH)   # global too
     eval_rows: Int = _rule(0, "must be >= 0 (0 = all)", ge=0)
                                        # > 0: evaluate on the first rows of test only (quick checks)
     seed: Int = 0
     out_dir: Str = "runs/finetune"
+    lr_grid: tuple[Annotated[Float, Field(gt=0.0, le=10.0)], ...] = _rule(
+        (), "must be learning rates, each in (0, 10] (empty: finetune.lr alone)")
+                                       # `flip-dist lr-search` picks finetune.lr from these (the paper's
+                                       #   set: 1e-5 5e-5 1e-4 5e-4 1e-3 5e-3) on a validation slice of train
+    val_fraction: Float = _rule(0.1, "must be in (0, 1)", gt=0.0, lt=1.0)
+                                       # the share of the train split held out to score each lr_grid entry
 
 
 @_section("")

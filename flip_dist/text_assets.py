@@ -2,11 +2,14 @@
 to files shipped inside PyPI wheels, pinned in tools/setup.sh. Never a hub download."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from flip_dist.errors import FlipConfigError
 
@@ -82,3 +85,41 @@ def load_tokenizer(name_or_path: str):
     if not tok.is_fast:
         raise FlipConfigError(f"tokenizer at {path} is not a fast tokenizer (no offsets)")
     return tok
+
+
+# Files that make a folder a tokenizer of its own (fast JSON, byte-level BPE, WordPiece).
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("vocab.txt",))
+
+
+def has_tokenizer_files(folder: str | Path) -> bool:
+    """Whether `folder` holds a tokenizer (a PLM folder with weights only does not)."""
+    p = Path(folder).expanduser()
+    return any(all((p / f).is_file() for f in group) for group in TOKENIZER_FILES)
+
+
+def tokenizer_fingerprint(tok: Any) -> str:
+    """A digest of what the token ids mean: every (token, id) pair and the id of each special role.
+    Two tokenizers with the same fingerprint give a PLM the same ids; 'roberta-bpe' (GPT-2 + 4)
+    and a real RoBERTa checkpoint's (fairseq order) do not, though both have 50k tokens."""
+    def ids(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [ids(v) for v in value]
+        return tok.convert_tokens_to_ids(str(value))
+
+    specials = {role: ids(value) for role, value in sorted(tok.special_tokens_map.items())}
+    doc = [sorted(tok.get_vocab().items()), specials]
+    digest = hashlib.sha256(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+def fingerprint_of(name_or_path: str) -> str:
+    """tokenizer_fingerprint of a named tokenizer or folder, loaded once per folder (and again only
+    when its files change): the driver and every worker check it before training."""
+    path = resolve_tokenizer(name_or_path)
+    stamp = tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in path.iterdir() if f.is_file()))
+    return _fingerprint_at(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=32)
+def _fingerprint_at(path: str, stamp: tuple) -> str:
+    return tokenizer_fingerprint(load_tokenizer(path))

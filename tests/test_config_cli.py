@@ -124,7 +124,7 @@ def test_the_shipped_ml100k_config_loads_with_and_without_the_paper_preset():
     path = REPO / "ray_jobs/configs/ml100k.yaml"
     cpu = load_config(path)
     assert (cpu.pretrain.batch_size, cpu.pretrain.max_steps, cpu.model.plm, cpu.model.plm_layers) == \
-           (32, 150, "minilm", 0)
+           (64, 150, "minilm", 0)
     paper = load_config(path, preset="paper")
     pt = paper.pretrain
     assert (pt.batch_size, pt.epochs, pt.lr, pt.warmup_ratio, pt.max_steps) == (1024, 30, 5e-5, 0.0, 0)
@@ -180,7 +180,7 @@ def test_assignments_are_validated_and_the_config_round_trips():
         cfg.finetune.mode = "x"
     with pytest.raises(FlipConfigError, match="'pretrain.batch_size': expected an integer"):
         cfg.pretrain.batch_size = 2.5
-    assert (cfg.finetune.mode, cfg.pretrain.batch_size) == ("flip", 32)      # unchanged
+    assert (cfg.finetune.mode, cfg.pretrain.batch_size) == ("flip", 64)      # unchanged
     cfg.finetune.init = tmp = Path("/tmp/x")                                  # a folder may be a Path
     assert cfg.finetune.init == str(tmp)
     cfg.pretrain.table_optimizer = "adam"            # fine for the section; the rule spans sections

@@ -51,6 +51,43 @@ def test_split_is_chronological(ml100k_staging, splits):
     assert len(set(ids)) == len(ids) == len(time_of)
 
 
+def test_train_rows_are_stored_in_a_random_order(ml100k_staging, ml100k_processed, splits):
+    """Batches read in stored order are i.i.d. draws, as the paper's: a batch's rows come from
+    the whole time range of the split, not from one stretch of it (the test split stays in order)."""
+    from flip_dist.data.batches import ShardReader
+
+    _, res = ml100k_staging
+    time_of = dict(zip(res.table["row_id"].to_pylist(), res.table["order"].to_pylist()))
+    reader = ShardReader(ml100k_processed, "train")
+    train_t = np.array([time_of[r] for r in splits["train"]["row_id"].to_pylist()])
+    rank = {t: i for i, t in enumerate(np.unique(train_t))}
+    n = len(rank)
+    for idx in list(reader.batch_indices(256))[:: 40]:          # batches in the order training reads them
+        ranks = np.array([rank[time_of[r]] for r in reader.take(idx).row_ids.tolist()]) / n
+        assert ranks.std() > 0.2, ranks.std()                     # uniform: 0.29; time order: ~0.001
+        assert ranks.max() - ranks.min() > 0.8
+    position = np.arange(len(train_t))
+    assert abs(np.corrcoef(position, train_t)[0, 1]) < 0.03       # no drift in time along the file
+
+
+def test_train_order_is_seeded_and_uniform(tmp_path):
+    from flip_dist.data.preprocess import TrainOrder
+
+    table = pa.table({"row_id": np.arange(10_000)})
+    orders = []
+    for run in range(2):
+        pieces, out = tmp_path / f"pieces{run}", tmp_path / f"out{run}"
+        pieces.mkdir(), out.mkdir()
+        order = TrainOrder(seed=7, buckets=3)
+        for unit in range(4):
+            order.deal(table.slice(unit * 2500, 2500), unit, pieces)
+        assert sum(order.write_bucket(str(pieces), b, str(out)) for b in range(3)) == 10_000
+        orders.append(pq.ParquetDataset(sorted(str(p) for p in out.iterdir())).read()["row_id"].to_numpy())
+    np.testing.assert_array_equal(orders[0], orders[1])            # the same order on a rerun
+    assert sorted(orders[0]) == list(range(10_000))                 # every row once
+    assert abs(np.corrcoef(np.arange(10_000), orders[0])[0, 1]) < 0.05
+
+
 def test_columns_and_types(splits, manifest):
     t = splits["train"]
     assert t.schema.field("feature_ids").type == pa.list_(pa.int32(), manifest["num_fields"])

@@ -64,7 +64,8 @@ def data_dir(args: argparse.Namespace) -> Path:
 
 def overrides(args: argparse.Namespace, preset: str) -> list[str]:
     work = args.work.resolve()
-    return [f"model.plm={args.plm}", f"pretrain.batch_size={args.batch_size}", f"pretrain.max_steps={args.steps}",
+    return [f"model.plm={args.plm}", f"pretrain.batch_size={args.batch_size * NUM_WORKERS}",   # global
+            f"pretrain.max_steps={args.steps}",
             f"dist.num_workers={NUM_WORKERS}", f"dist.cpus_per_worker={args.cpus_per_worker}",
             f"dist.ds_config={preset}", "dist.data=exact", "dist.log_every=1",
             f"pretrain.out_dir={work / preset}", f"dist.storage_path={work / 'ray'}", f"ray.num_cpus={args.cpus}"]

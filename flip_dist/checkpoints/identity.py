@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 # Keys that do not change what a run computes: where it writes, how often it reports, how it is resumed.
 _VOLATILE = {"dist": {"log_every", "checkpoint_every", "keep_checkpoints", "storage_path", "resume", "stop_after",
                       "max_failures", "sample_log", "cpus_per_worker"},
-             "stage": {"out_dir", "eval_batch_size", "eval_rows"}}
+             "stage": {"out_dir", "eval_batch_size", "eval_rows", "lr_grid", "val_fraction"}}
 _VOLATILE_MANIFEST = {"timings", "started_at_unix", "raw_dir", "tokenizer"}
 
 

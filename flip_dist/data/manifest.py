@@ -29,6 +29,7 @@ class Manifest:
     field_offsets: tuple[int, ...]   # first global id of each field's block, and the end
     tokenizer: str               # the tokenizer folder the shards were encoded with
     tokenizer_name: str          # as configured: 'minilm', 'roberta-bpe' or a folder
+    tokenizer_fingerprint: str   # what the token ids mean (text_assets.tokenizer_fingerprint)
     text_vocab_size: int
     text_pad_id: int
     text_mask_id: int
@@ -55,6 +56,8 @@ class Manifest:
             if f.name not in data:
                 if f.name == "format_version":
                     continue
+                if f.name == "tokenizer_fingerprint":
+                    raise FlipDataError(_NO_FINGERPRINT, path=str(path), key=f.name)
                 raise FlipDataError("manifest lacks a key training needs", path=str(path), key=f.name)
             typed[f.name] = _typed(data[f.name], f.name, path)
         details = {k: v for k, v in data.items() if k not in typed}
@@ -75,7 +78,12 @@ class Manifest:
 
 _INT_KEYS = {"num_samples", "num_train", "num_test", "num_fields", "num_features", "text_vocab_size",
              "text_pad_id", "text_mask_id", "max_length", "format_version"}
-_STR_KEYS = {"dataset", "tokenizer", "tokenizer_name"}
+_STR_KEYS = {"dataset", "tokenizer", "tokenizer_name", "tokenizer_fingerprint"}
+# Folders preprocessed before token numberings were recorded: their ids cannot be checked against
+# the PLM's (roberta-bpe and a real RoBERTa checkpoint share a size, not a numbering).
+_NO_FINGERPRINT = ("manifest predates tokenizer fingerprints (an older flip-dist wrote it), so its token ids "
+                   "cannot be checked against the PLM's; rerun preprocessing: flip-dist preprocess "
+                   "--config <your config> --set preprocess.overwrite=true")
 
 
 def _typed(value: Any, key: str, path: str | Path) -> Any:

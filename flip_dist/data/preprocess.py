@@ -7,7 +7,8 @@ as Ray work in five stages:
    and keep the frequent ones; the driver lays the fields' blocks end to end;
 4. tokenize vocabulary: Ray tasks tokenize every vocabulary value once;
 5. encode: a Ray Data pass maps each staging file to feature ids, token ids and field spans and
-   writes its train and test shards.
+   writes its test shard; its train rows are dealt at random into buckets, each then written
+   as one shard in a seeded random row order (TrainOrder: batches read in order are i.i.d.).
 Memory per worker is bounded by a staging file / batch, not by the dataset. Everything is built
 in a hidden temporary folder renamed into place at the end, so a failed run leaves nothing that
 looks complete."""
@@ -201,9 +202,42 @@ def plan_encode_units(staging: list[str], target_rows: int, workers: int) -> lis
     return [EncodeUnit(i, tuple(u)) for i, u in enumerate(units) if u]
 
 
-def _encode_unit(dataset: str, cut: SplitCut, refs: list, out: str, unit: EncodeUnit) -> dict[str, int]:
-    """Encode one unit's row groups and write its rows as one Parquet shard per split, named after
-    the unit (so reruns give the same names). Returns rows per split."""
+@dataclass(frozen=True)
+class TrainOrder:
+    """How the train split is dealt into shards in a seeded random row order (the paper's batches
+    are i.i.d.; raw files come by user or by time, so neighbouring rows are alike): each encode
+    unit deals its train rows at random into `buckets` piece folders, then each bucket is
+    permuted whole and written as one shard. Together a uniform random order, with memory bounded
+    by a bucket (about `staging_rows`), and the same order on every rerun."""
+
+    seed: int
+    buckets: int
+
+    def deal(self, table: pa.Table, unit: int, pieces: Path) -> None:
+        bucket = np.random.default_rng([self.seed, unit]).integers(self.buckets, size=table.num_rows)
+        for b in np.unique(bucket):
+            folder = pieces / f"bucket-{b:05d}"
+            folder.mkdir(exist_ok=True)
+            pq.write_table(table.take(np.flatnonzero(bucket == b)), folder / f"unit-{unit:05d}.parquet")
+
+    def write_bucket(self, pieces: str, b: int, out: str) -> int:
+        files = sorted(Path(pieces, f"bucket-{b:05d}").glob("*.parquet"))
+        if not files:
+            return 0
+        table = pa.concat_tables([pq.read_table(f) for f in files])
+        order = np.random.default_rng([self.seed, b, 1]).permutation(table.num_rows)
+        pq.write_table(table.take(order), Path(out) / f"shard-{b:05d}.parquet")
+        return table.num_rows
+
+
+PIECES = "_train_pieces"
+
+
+def _encode_unit(dataset: str, cut: SplitCut, refs: list, out: str, order: TrainOrder,
+                 unit: EncodeUnit) -> dict[str, int]:
+    """Encode one unit's row groups; write its test rows as one Parquet shard named after the unit
+    (so reruns give the same names) and deal its train rows into `order`'s buckets. Returns rows
+    per split."""
     spec = get_reader(dataset).spec
     vocab, tokenizer, known = (_worker_object(r) for r in refs)
     parts: dict[str, list[pa.Table]] = {"train": [], "test": []}
@@ -213,13 +247,12 @@ def _encode_unit(dataset: str, cut: SplitCut, refs: list, out: str, unit: Encode
         train = cut.is_train(batch)
         parts["train"].append(encoded.filter(pa.array(train)))
         parts["test"].append(encoded.filter(pa.array(~train)))
-    written = {}
-    for split, tables in parts.items():
-        table = pa.concat_tables(tables)
-        if table.num_rows:
-            pq.write_table(table, Path(out) / split / f"shard-{unit.index:05d}.parquet")
-        written[split] = table.num_rows
-    return written
+    train, test = pa.concat_tables(parts["train"]), pa.concat_tables(parts["test"])
+    if test.num_rows:
+        pq.write_table(test, Path(out) / "test" / f"shard-{unit.index:05d}.parquet")
+    if train.num_rows:
+        order.deal(train, unit.index, Path(out) / PIECES)
+    return {"train": train.num_rows, "test": test.num_rows}
 
 
 class _EncodeUnits:
@@ -250,10 +283,10 @@ def token_table(vocab: Vocabulary, tokenizer_ref: Any, workers: int) -> TokenTab
     return TokenTable.concat(pieces)
 
 
-def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, vocab: Vocabulary,
-                      tokenizer_ref: Any, known: TokenTable, out: Path) -> None:
-    """One Ray Data pass over balanced encode units, `num_workers` at a time; the manifest counts
-    the written rows from the shards."""
+def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, n_train: int,
+                      vocab: Vocabulary, tokenizer_ref: Any, known: TokenTable, out: Path) -> None:
+    """One Ray Data pass over balanced encode units, `num_workers` at a time, then one task per
+    train bucket (TrainOrder); the manifest counts the written rows from the shards."""
     # Ray Data's default fetches each finished task's block metadata on a helper thread that waits
     # on all pending tasks with a 0.1 s timeout: with a few long tasks, every worker then idled
     # ~0.15 s between units (8% on two workers). The inline path, chosen when ray.data is first
@@ -264,14 +297,18 @@ def _encode_and_write(cfg: PreprocessConfig, staging: list[str], cut: SplitCut, 
     # Ray Data reserves half of the CPUs for downstream operators by default, which on a small
     # node leaves one encode task running; nothing runs downstream here.
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
-    for split in ("train", "test"):
+    for split in ("train", "test", PIECES):
         (out / split).mkdir()
     units = plan_encode_units(staging, cfg.staging_rows, cfg.num_workers)
-    args = (cfg.dataset, cut, [ray.put(vocab), tokenizer_ref, ray.put(known)], str(out))
+    order = TrainOrder(cfg.seed, max(cfg.num_workers, -(-n_train // cfg.staging_rows)))
+    args = (cfg.dataset, cut, [ray.put(vocab), tokenizer_ref, ray.put(known)], str(out), order)
     ds = ray.data.from_items([{"unit": u.index} for u in units], override_num_blocks=len(units))
     ds = ds.map_batches(_EncodeUnits(units, *args), batch_format="pyarrow", batch_size=1,
                         concurrency=cfg.num_workers, num_cpus=1)
     ray.get(ds.to_arrow_refs())   # runs the pass
+    run_bounded(order.write_bucket, [(str(out / PIECES), b, str(out / "train")) for b in range(order.buckets)],
+                cfg.num_workers, desc="shuffle train rows")
+    shutil.rmtree(out / PIECES)
 
 
 # ---------------------------------------------------------------- driver
@@ -323,7 +360,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         prompts_ref = ray.put(PromptTokenizer(tokenizer, spec.field_texts, cfg.max_length))
         known = token_table(vocab, prompts_ref, cfg.num_workers)
         lap("tokenize_vocab")
-        _encode_and_write(cfg, staging, cut, vocab, prompts_ref, known, out)
+        _encode_and_write(cfg, staging, cut, n_train, vocab, prompts_ref, known, out)
         lap("encode")
         shutil.rmtree(staging_dir)
 
@@ -346,6 +383,8 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
 def _manifest(cfg: PreprocessConfig, spec: DatasetSpec, vocab: Vocabulary, tokenizer: Any,
               tok_path: str, out: Path, cut: SplitCut, stats: dict, bad: BadRows,
               n_rows: int) -> dict[str, Any]:
+    from flip_dist.text_assets import tokenizer_fingerprint
+
     summary = split_summary(out)
     split_rows = {s: v["rows"] for s, v in summary.items()}
     positives = {s: v["positives"] for s, v in summary.items()}
@@ -366,6 +405,7 @@ def _manifest(cfg: PreprocessConfig, spec: DatasetSpec, vocab: Vocabulary, token
         "min_count": cfg.min_count,
         "tokenizer": tok_path,
         "tokenizer_name": cfg.tokenizer,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),   # what training checks the PLM against
         "text_vocab_size": len(tokenizer),
         "text_pad_id": tokenizer.pad_token_id,
         "text_mask_id": tokenizer.mask_token_id,

@@ -24,7 +24,7 @@ from flip_dist.data.template import PromptTokenizer
 from flip_dist.data.vocab import MASK_ID, NUM_RESERVED, PAD_ID, oov_id
 from flip_dist.errors import FlipConfigError
 from flip_dist.io_atomic import atomic_output_dir
-from flip_dist.text_assets import load_tokenizer, resolve_tokenizer
+from flip_dist.text_assets import load_tokenizer, resolve_tokenizer, tokenizer_fingerprint
 
 # Share of the feature budget per field (GoodReads-like), and the most tokens a value takes.
 SHARES = {"user_id": 0.24, "book_id": 0.19, "title": 0.19, "genres": 0.004, "average_rating": 0.0005,
@@ -115,6 +115,7 @@ def write_synthetic_shards(out_dir: str | Path, rows: int, features: int = 4_565
             "field_texts": list(SPEC.field_texts), "field_offsets": [int(x) for x in offsets],
             "special_ids": {"pad": PAD_ID, "mask": MASK_ID, "oov": [oov_id(i) for i in range(len(fields))]},
             "tokenizer": str(resolve_tokenizer(tokenizer)), "tokenizer_name": tokenizer,
+            "tokenizer_fingerprint": tokenizer_fingerprint(hf),
             "text_vocab_size": len(hf), "text_pad_id": hf.pad_token_id, "text_mask_id": hf.mask_token_id,
             "max_length": max_length, "label_rule": "synthetic: logistic in per-value effects",
             "split": {"rule": "first 90% of rows train", "train_ratio": train_ratio, "seed": seed},

@@ -46,7 +46,7 @@ def preflight(cfg: FlipConfig, stage: Stage, data_dir: Path) -> str | None:
 
     manifest = validate_dataset(data_dir, max_rows_per_shard=PREFLIGHT_ROWS, for_training=True)
     s, dc = stage.settings, cfg.dist
-    load_ds_config(dc.ds_config, micro_batch=s.batch_size, world_size=dc.num_workers,
+    load_ds_config(dc.ds_config, micro_batch=stage.worker_batch(dc.num_workers), world_size=dc.num_workers,
                    grad_accum=dc.grad_accum, grad_clip=s.grad_clip, precision=dc.precision)
     check_text_matches(manifest, cfg.model)
     stage.preflight(manifest, dc.num_workers)
@@ -125,7 +125,7 @@ def run_stage(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> dict[st
     evaluation = next((r for r in reversed(logged) if r["stage"] == "evaluate"), None)
     curves = plot_training_curves([r for r in logged if r["stage"] == stage.name], run_dir / f"{stage.name}_curves.png",
                                   f"{stage.label} on {dc.num_workers} workers, {data_dir.name}",
-                                  global_batch=stage.settings.batch_size * dc.num_workers) if stage.trains else None
+                                  global_batch=stage.settings.batch_size) if stage.trains else None
     summary = {"stage": stage.name, "metrics": result.metrics, "evaluation": evaluation,
                "curves": str(curves) if curves else None,
                "run": str(storage / run_name), "checkpoint": result.checkpoint.path if result.checkpoint else None,
@@ -141,12 +141,13 @@ def run_stage(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> dict[st
 def run_pipeline(cfg: FlipConfig) -> dict[str, Any]:
     """preprocess -> pretrain -> finetune (evaluates at the end) -> evaluate the export."""
     from flip_dist.data.preprocess import preprocess
+    from flip_dist.train.encoders import preprocess_config
 
     out: dict[str, Any] = {}
     data_dir = cfg.preprocess.out_dir
     with ray_session(cfg.ray):
         if not (Path(data_dir) / "manifest.json").is_file() or cfg.preprocess.overwrite:
-            out["preprocess"] = {k: v for k, v in preprocess(cfg.preprocess).items()
+            out["preprocess"] = {k: v for k, v in preprocess(preprocess_config(cfg)).items()
                                  if k in ("num_samples", "num_train", "num_test", "num_features", "timings")}
         pre = run_stage(cfg, "pretrain", data_dir)
         out["pretrain"] = pre

@@ -197,7 +197,7 @@ class Runtime:
             self.train = ShardReader(self.data_dir, "train")
         elif stage.trains:
             self.stream = RankStream(list_shards(self.data_dir, "train"), self.env.rank, self.env.world,
-                                     self.tc.batch_size, cfg.dist.shuffle_buffer_rows, self.tc.seed,
+                                     stage.worker_batch(self.env.world), cfg.dist.shuffle_buffer_rows, self.tc.seed,
                                      self.manifest.text_pad_id)
         self.ledger = None
         if cfg.dist.sample_log and stage.trains:     # which rows each step trained, for audits
@@ -223,7 +223,8 @@ class Runtime:
         # DeepSpeed steps the schedule once per optimizer step, i.e. every grad_accum micro-batches
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, warmup_cosine(max(self.total_steps // dc.grad_accum, 1), tc.warmup_ratio))
-        self.ds_config = load_ds_config(dc.ds_config, micro_batch=tc.batch_size, world_size=self.env.world,
+        self.ds_config = load_ds_config(dc.ds_config, micro_batch=self.stage.worker_batch(self.env.world),
+                                        world_size=self.env.world,
                                         grad_accum=dc.grad_accum, grad_clip=tc.grad_clip, precision=dc.precision)
         engine, _, _, _ = deepspeed.initialize(model=dense, optimizer=opt, lr_scheduler=sched, config=self.ds_config)
         self.dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
@@ -236,8 +237,9 @@ class Runtime:
         if self.stream is not None:      # ray: this rank's seeded share, streamed by Ray Data
             yield from self.stream.batches(epoch, skip)
             return
-        B, env = self.tc.batch_size, self.env  # exact: the single process's global batches, sliced
-        for i, idx in enumerate(self.train.batch_indices(B * env.world, shuffle=True, seed=self.tc.seed + epoch,
+        B, env = self.stage.worker_batch(self.env.world), self.env  # exact: the single process's
+        # global batches, each rank taking its slice
+        for i, idx in enumerate(self.train.batch_indices(self.tc.batch_size, shuffle=True, seed=self.tc.seed + epoch,
                                                          drop_last=True)):
             if i >= skip:
                 yield self.train.take(idx[env.rank * B:(env.rank + 1) * B])
@@ -330,7 +332,7 @@ class Runtime:
         reader = ShardReader(self.data_dir, "test")
         env, logits, labels = self.env, [], []
         self.engine.eval()
-        for idx in reader.batch_indices(self.tc.eval_batch_size * env.world, max_rows=self.tc.eval_rows):
+        for idx in reader.batch_indices(self.tc.eval_batch_size, max_rows=self.tc.eval_rows):
             per = -(-len(idx) // env.world)
             padded = np.concatenate([idx, np.repeat(idx[-1:], per * env.world - len(idx))])
             valid = max(0, min(per, len(idx) - env.rank * per))

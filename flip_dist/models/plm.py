@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from flip_dist.errors import FlipConfigError
-from flip_dist.text_assets import MINILM, ROBERTA_BPE, minilm_path
+from flip_dist.text_assets import MINILM, ROBERTA_BPE, has_tokenizer_files, minilm_path
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,26 @@ def text_spec(name: str, plm_path: str | None) -> tuple[str, int]:
         vocab = int(json.loads(config.read_text(encoding="utf-8"))["vocab_size"])
     except (ValueError, KeyError, TypeError) as e:
         raise FlipConfigError(f"PLM config {config} has no usable vocab_size ({e})") from None
-    tokenizer = MINILM if name == MINILM else ARCHITECTURES[name][1] if name in ARCHITECTURES else str(folder)
-    return tokenizer, vocab
+    return expected_tokenizer(name, plm_path), vocab
+
+
+def expected_tokenizer(name: str, plm_path: str | Path | None) -> str:
+    """The tokenizer a PLM's token ids mean: the tokenizer files beside the user's weights when
+    that folder has them (a real RoBERTa checkpoint numbers tokens in fairseq's order, not
+    roberta-bpe's GPT-2 + 4), else the named PLM's bundled tokenizer, else the PLM folder itself."""
+    folder = plm_path if plm_path is not None or name == MINILM or name in ARCHITECTURES else name
+    if folder is not None and has_tokenizer_files(folder):
+        return str(Path(folder).expanduser().resolve())
+    if name == MINILM:
+        return MINILM
+    if name in ARCHITECTURES:
+        tokenizer = ARCHITECTURES[name][1]
+        if folder is not None:
+            log.warning("PLM %s: %s has weights but no tokenizer files; assuming its ids are %s's. Real "
+                        "checkpoints number tokens their own way: copy their tokenizer files beside the weights.",
+                        name, folder, tokenizer)
+        return tokenizer
+    return str(folder if folder is not None else name)
 
 
 def load_plm(name: str, plm_path: str | None = None, *, trust_remote_code: bool = False,
@@ -95,6 +113,7 @@ def _load_plm(name: str, plm_path: str | None, trust_remote_code: bool,
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     if dtype is not None:
         kwargs["dtype"] = dtype
+    given = plm_path                  # the user's weights folder, if any (its tokenizer files win)
     if name == MINILM and plm_path is None:
         plm_path, tokenizer = str(minilm_path()), MINILM
     elif name in ARCHITECTURES:
@@ -119,8 +138,7 @@ def _load_plm(name: str, plm_path: str | None, trust_remote_code: bool,
         model = AutoModel.from_pretrained(str(path), config=config, add_pooling_layer=False, **kwargs)
     except (OSError, ValueError) as e:
         raise FlipConfigError(f"PLM at {path} could not be loaded: {e}") from e
-    if name in ARCHITECTURES and tokenizer != ROBERTA_BPE and (path / "tokenizer.json").is_file():
-        tokenizer = str(path)
+    tokenizer = expected_tokenizer(name, given)
     return model, PLMInfo(name, tokenizer, config.hidden_size, config.vocab_size, False)
 
 

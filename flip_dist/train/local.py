@@ -97,11 +97,13 @@ def build_local(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> tuple
     return stage, stage.build(read_manifest(data_dir), data_dir, LocalTables())
 
 
-def train_local(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> tuple[Stage, StageModel, list[dict]]:
-    """Build a training stage and run it to its total steps on the train split of `data_dir`."""
+def train_local(cfg: FlipConfig, stage_name: str, data_dir: str | Path,
+                reader: ShardReader | None = None) -> tuple[Stage, StageModel, list[dict]]:
+    """Build a training stage and run it to its total steps on the train split of `data_dir` (or on
+    `reader`'s rows of it: flip_dist.train.lr_search trains on the split less a validation slice)."""
     stage, model = build_local(cfg, stage_name, data_dir)
     s = stage.settings
-    reader = ShardReader(data_dir, "train")
+    reader = reader if reader is not None else ShardReader(data_dir, "train")
     total = stage.total_steps(len(reader), 1)
     opts, scheds = _optimizers(stage, model, total)
     gen = torch.Generator().manual_seed(s.seed)

@@ -92,11 +92,21 @@ class Stage:
         return self.name
 
     # ------------------------------------------------------------------ steps and checks
+    def worker_batch(self, world: int) -> int:
+        """Rows each of `world` ranks trains per step. `batch_size` is the global batch (as the
+        paper's 1024 and 256 are), so one config trains the same model on any number of workers."""
+        B = self.settings.batch_size
+        if B % world:
+            lower, upper = B - B % world, B + world - B % world
+            raise FlipConfigError(f"{self.section}.batch_size={B} is the global batch and must split evenly over "
+                                  f"dist.num_workers={world}: use {lower or upper} or {upper}")
+        return B // world
+
     def steps_per_epoch(self, num_train: int, world: int) -> int:
         """Steps of one epoch over `world` ranks; a batch that the split cannot fill is an error."""
-        per_epoch = num_train // world // self.settings.batch_size
+        per_epoch = num_train // world // self.worker_batch(world)
         if self.trains and per_epoch == 0:
-            raise FlipConfigError(f"{self.section}.batch_size={self.settings.batch_size} on {world} worker(s) needs "
+            raise FlipConfigError(f"{self.section}.batch_size={self.settings.batch_size} (global) needs "
                                   f"more than the {num_train} train rows")
         return per_epoch
 
