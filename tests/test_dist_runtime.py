@@ -2,8 +2,8 @@
 sharded by TorchRec with a fused Adagrad, the dense side in a DeepSpeed ZeRO-2 engine.
 
 Equivalence: with the same initial weights, data order (dist.data=exact), masks and noise (drawn
-for the global batch, sliced per rank), dropout off and no clipping, 2 workers x B rows give the
-single-process losses on 2B rows. Stated tolerances: the first step, before any update, agrees
+for the global batch, sliced per rank), dropout off and no clipping, one config with the global
+batch 2B gives the same losses on 2 workers (B rows each) as in one process. Stated tolerances: the first step, before any update, agrees
 to 1e-4 on every loss; later steps to 2% (pretraining's MLM averages over the masked tokens of
 each rank, not of the global batch, so its gradient weights the two halves slightly apart)."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ B = 8   # per worker: the global batch is 2B
 def _cfg(tmp_path, **over):
     sets = {"model.plm": "minilm", "model.plm_layers": 1, "model.plm_dropout": 0.0,
             "pretrain.batch_size": 2 * B, "pretrain.max_steps": STEPS, "pretrain.grad_clip": 0.0,
-            "pretrain.warmup_ratio": 0.0, "pretrain.out_dir": str(tmp_path / "pre"),
+            "pretrain.warmup_ratio": 0.0, "pretrain.embed_lr": 1e-3, "pretrain.out_dir": str(tmp_path / "pre"),
             "finetune.batch_size": 2 * B, "finetune.max_steps": STEPS, "finetune.grad_clip": 0.0,
             "finetune.eval_rows": 512, "finetune.eval_batch_size": 256, "finetune.out_dir": str(tmp_path / "ft"),
             "dist.num_workers": 2, "dist.data": "exact", "pretrain.table_optimizer": "adagrad",
@@ -73,6 +73,9 @@ def _assert_same(dist_rows, local_history, keys):
 
 
 def test_pretrain_two_sharded_workers_match_one_process(ml100k_processed, pretrained, initial):
+    """The global-batch test: one config (batch_size 2B, global) trained by the distributed
+    runtime (pipeline's pretraining stage: 2 workers x B rows) and by the single process
+    (compare-local's, 2B rows) gives the same losses; only the output folder differs."""
     from flip_dist.train.local import pretrain_local
 
     cfg, result, folder = pretrained

@@ -125,7 +125,8 @@ def run_stage(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> dict[st
     evaluation = next((r for r in reversed(logged) if r["stage"] == "evaluate"), None)
     curves = plot_training_curves([r for r in logged if r["stage"] == stage.name], run_dir / f"{stage.name}_curves.png",
                                   f"{stage.label} on {dc.num_workers} workers, {data_dir.name}",
-                                  global_batch=stage.settings.batch_size) if stage.trains else None
+                                  global_batch=stage.settings.batch_size,
+                                  num_noise=getattr(stage.settings, "num_noise", None)) if stage.trains else None
     summary = {"stage": stage.name, "metrics": result.metrics, "evaluation": evaluation,
                "curves": str(curves) if curves else None,
                "run": str(storage / run_name), "checkpoint": result.checkpoint.path if result.checkpoint else None,

@@ -1,6 +1,7 @@
 """Training curves as a picture: one panel per logged loss against the step. Pretraining: MLM, MTM,
 ICL, their sum and the in-batch ICL accuracy; the ICL panel carries ln(B), the loss of a model that
-cannot tell the rows of a batch apart, so a flat ICL curve is seen for what it is. Finetuning: the
+cannot tell the rows of a batch apart, and the MTM panel the NCE loss at the noise prior, so a
+flat curve is seen for what it is. Finetuning: the
 summed loss and each head's BCE."""
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ PANELS = (("mlm", "MLM loss (Eq. 6)"), ("mtm", "MTM loss (NCE, Eq. 10)"), ("icl"
 
 
 def plot_training_curves(rows: Sequence[dict[str, Any]], path: str | Path, title: str,
-                         global_batch: int | None = None) -> Path | None:
+                         global_batch: int | None = None, num_noise: int | None = None) -> Path | None:
     """Write the curves of `rows` (dicts with `step` and the losses) to a PNG; None when no row
-    has a loss to draw. `global_batch` draws ln(B) on the ICL panel (the negatives per row)."""
+    has a loss to draw. `global_batch` draws ln(B) on the ICL panel (the negatives per row),
+    `num_noise` (K) the noise-prior loss on the MTM panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,6 +35,12 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: str | Path, title
         if key == "icl" and global_batch:
             chance = math.log(global_batch)
             ax.axhline(chance, color="grey", linestyle="--", label=f"ln B = {chance:.3f} (no signal)")
+            ax.legend(fontsize=8)
+        if key == "mtm" and num_noise:
+            from flip_dist.models.heads import nce_prior_loss
+
+            prior = nce_prior_loss(num_noise)
+            ax.axhline(prior, color="grey", linestyle="--", label=f"noise prior = {prior:.3f} (K = {num_noise})")
             ax.legend(fontsize=8)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")

@@ -173,6 +173,13 @@ class ICLHead(nn.Module):
         return 0.5 * (text2tab + tab2text)                   # Eq. 13
 
 
+def nce_prior_loss(num_noise: int) -> float:
+    """Eq. 10's loss of a model that scores every candidate at the noise prior (sigma = 1/(K+1)):
+    where MTM starts under nce_bias_init=log_q, and stays when it learns nothing (4.239 at K = 25)."""
+    k = num_noise
+    return math.log(k + 1) + k * math.log((k + 1) / k)
+
+
 def _mean_per_row(values: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Mean over a row's items, then over the rows that have any (Eq. 6, 9-10 inside Eq. 14)."""
     sums = torch.zeros(batch_size, device=values.device, dtype=values.dtype).index_add_(0, rows, values)

@@ -30,7 +30,8 @@ def run_local_comparison(cfg: FlipConfig, data_dir: str | Path, out_dir: str | P
     t0 = time.perf_counter()
     pre = pretrain_local(pre_cfg, data_dir)
     plot_training_curves(pre["history"], out / "pretrain_curves.png",
-                         f"pretrain[{cfg.pretrain.objectives}], one process", global_batch=cfg.pretrain.batch_size)
+                         f"pretrain[{cfg.pretrain.objectives}], one process", global_batch=cfg.pretrain.batch_size,
+                         num_noise=cfg.pretrain.num_noise)
     report["pretrain"] = {"seconds": round(time.perf_counter() - t0, 1), "steps": len(pre["history"]),
                           "first": pre["history"][0] if pre["history"] else None,
                           "last": pre["history"][-1] if pre["history"] else None}

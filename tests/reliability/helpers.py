@@ -14,7 +14,7 @@ def small_settings(tmp_path: Path) -> dict:
     """A 2-worker run small enough for this machine: a one-layer MiniLM, 8 rows a worker (16 global)."""
     return {"model.plm": "minilm", "model.plm_layers": 1, "model.plm_dropout": 0.0,
             "pretrain.batch_size": 16, "pretrain.max_steps": 4, "pretrain.grad_clip": 0.0,
-            "pretrain.warmup_ratio": 0.0, "pretrain.out_dir": str(tmp_path / "pre"),
+            "pretrain.warmup_ratio": 0.0, "pretrain.embed_lr": 1e-3, "pretrain.out_dir": str(tmp_path / "pre"),
             "finetune.batch_size": 16, "finetune.max_steps": 4, "finetune.eval_rows": 256,
             "finetune.eval_batch_size": 256, "finetune.out_dir": str(tmp_path / "ft"),
             "dist.num_workers": 2, "dist.data": "ray", "dist.ds_config": "zero2", "dist.log_every": 1,
