@@ -3,9 +3,10 @@ sharded by TorchRec with a fused Adagrad, the dense side in a DeepSpeed ZeRO-2 e
 
 Equivalence: with the same initial weights, data order (dist.data=exact), masks and noise (drawn
 for the global batch, sliced per rank), dropout off and no clipping, one config with the global
-batch 2B gives the same losses on 2 workers (B rows each) as in one process. Stated tolerances: the first step, before any update, agrees
-to 1e-4 on every loss; later steps to 2% (pretraining's MLM averages over the masked tokens of
-each rank, not of the global batch, so its gradient weights the two halves slightly apart)."""
+batch 2B gives the same losses on 2 workers (B rows each) as in one process. Stated tolerances:
+the first step, before any update, agrees to 1e-4 on every loss; later steps to 2% (pretraining's
+MLM averages over the masked tokens of each rank, not of the global batch, so its gradient
+weights the two halves slightly apart)."""
 from __future__ import annotations
 
 import copy
