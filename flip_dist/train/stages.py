@@ -98,8 +98,9 @@ class Stage:
         B = self.settings.batch_size
         if B % world:
             lower, upper = B - B % world, B + world - B % world
+            choices = f"{lower} or {upper}" if lower else f"at least {upper}"
             raise FlipConfigError(f"{self.section}.batch_size={B} is the global batch and must split evenly over "
-                                  f"dist.num_workers={world}: use {lower or upper} or {upper}")
+                                  f"dist.num_workers={world}: use {choices}")
         return B // world
 
     def steps_per_epoch(self, num_train: int, world: int) -> int:

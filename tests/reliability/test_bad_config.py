@@ -86,7 +86,7 @@ def test_more_workers_than_the_cluster_has_fail_fast(cfg, ml100k_processed, ray_
     from flip_dist.distributed.trainer import run_stage
 
     cfg.dist.num_workers = 64
-    cfg.pretrain.batch_size = 1
+    cfg.pretrain.batch_size = 64            # the global batch: one row a worker
     with pytest.raises(FlipConfigError, match=r"cannot place this run's workers: CPU has 2, needs 32"):
         run_stage(cfg, "pretrain", ml100k_processed)
     tally("bad_input")
