@@ -53,3 +53,30 @@ def test_tokenizer_and_plm_must_match(ml100k_processed):
     cfg = load_config(None, TINY + ["model.plm=roberta-base", "finetune.mode=flip_plm"])
     with pytest.raises(FlipConfigError, match="tokenized with minilm .* expects roberta-bpe"):
         finetune_local(cfg, ml100k_processed)
+
+
+@pytest.mark.parametrize("batch, world, message", [(17, 2, "use 16 or 18"), (1, 64, "use at least 64")])
+def test_the_global_batch_must_split_over_the_workers(batch, world, message):
+    from flip_dist.train.stages import get_stage
+
+    stage = get_stage("pretrain", load_config(None, [f"pretrain.batch_size={batch}"]))
+    with pytest.raises(FlipConfigError, match=f"batch_size={batch} is the global batch .*{message}"):
+        stage.worker_batch(world)
+    assert get_stage("pretrain", load_config(None, ["pretrain.batch_size=64"])).worker_batch(2) == 32
+
+
+def test_clipping_covers_the_dense_side_only(ml100k_processed, monkeypatch):
+    """As in the distributed runtime, whose tables' optimizer is fused into backward: the tables'
+    rows are never scaled by the PLM's gradient norm."""
+    from flip_dist.train import local
+
+    clipped = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda params, *a, **k: clipped.append(list(params)) or real(clipped[-1], *a, **k))
+    cfg = load_config(None, TINY + ["pretrain.max_steps=1"])
+    _, model, _ = local.train_local(cfg, "pretrain", ml100k_processed)
+    table_ids = {id(p) for p in model.sparse.parameters()}
+    assert len(clipped) == 1 and clipped[0]
+    assert not table_ids & {id(p) for p in clipped[0]}
+    assert {id(p) for p in clipped[0]} == {id(p) for p in model.dense.parameters()}
