@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from flip_dist.errors import FlipConfigError, FlipDataError
 
@@ -90,6 +91,26 @@ def cmd_lr_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from flip_dist.experiments.runner import run_experiment
+    from flip_dist.experiments.spec import load_spec, select_studies
+
+    overrides = list(args.set) + ([f"ray.address={json.dumps(args.ray_address)}"] if args.ray_address else [])
+    spec = load_spec(args.spec, overrides)
+    if args.studies:
+        spec = select_studies(spec, args.studies.split(","))
+    out = args.out or f"runs/experiments/{spec.name}"
+    try:
+        summary = run_experiment(spec, out)
+    finally:
+        report = f"{out}/report.md"
+        if Path(report).is_file():
+            print(Path(report).read_text().split("## Pretraining")[0])
+            print(f"report: {Path(report).resolve()}")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _train_config(args: argparse.Namespace):
     from flip_dist.config import load_config
 
@@ -161,6 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     lrs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     lrs.set_defaults(func=cmd_lr_search)
 
+    exp = sub.add_parser("experiment", help="a grid of the paper's studies from one spec (Ray tasks / Ray Train "
+                                            "runs): resumable; report.md with tables, p-values and plots")
+    exp.add_argument("--spec", required=True, help="experiment spec YAML (ray_jobs/experiments/)")
+    exp.add_argument("--out", help="run folder (default runs/experiments/<spec name>); a rerun continues it")
+    exp.add_argument("--studies", metavar="A,B", help="run and report only these studies of the spec")
+    exp.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    exp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key of every cell, e.g. --set finetune.max_steps=50")
+    exp.set_defaults(func=cmd_experiment)
+
     helps = {"pretrain": "distributed FLIP pretraining (Ray Train + TorchRec + DeepSpeed)",
              "finetune": "distributed finetuning from finetune.init; evaluates at the end",
              "evaluate": "AUC / logloss of a finetuned export (finetune.init) on the test split",
@@ -177,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set dist.num_workers=4")
         p.set_defaults(func=cmd_stage)
+
+    from flip_dist.analysis.commands import add_commands as add_analysis_commands
+    from flip_dist.serving.commands import add_commands as add_serving_commands
+
+    add_analysis_commands(sub)      # analyze
+    add_serving_commands(sub)       # export-id, score
     return parser
 
 

@@ -179,6 +179,10 @@ def _section(name: str) -> Callable[[type[_C]], type[_C]]:
     return wrap
 
 
+# Other typed, validated files (flip_dist.experiments.spec) build their sections with these.
+config_section, rule = _section, _rule
+
+
 @_section("ray")
 class RayConfig:
     address: Str | None = None         # None: start a local Ray in-process (loopback only)

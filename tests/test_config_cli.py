@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_yaml_experiments_load_and_validate():
     for path in sorted((REPO / "ray_jobs" / "configs").glob("*.yaml")):
         cfg = load_config(path)
-        assert cfg.preprocess.dataset in path.stem.replace("ml100k", "ml-100k")
+        assert cfg.preprocess.dataset == {"ml100k": "ml-100k", "ml1m": "ml-1m"}.get(path.stem, path.stem)
 
 
 def test_overrides_are_typed(tmp_path):

@@ -431,6 +431,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     resume = restart_checkpoint(cfg.dist.storage_path, stage.name, rt.identity) or args.resume
     if resume:
         rt.restore(resume)
+    else:       # a fresh run: an earlier run's rows of this stage in the same folder are not its curves
+        rt.log.rewind(stage.name, -1)
     result = rt.fit()
     if result["finished"]:
         rt.export(rt.run_dir / "export")
