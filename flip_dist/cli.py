@@ -66,17 +66,6 @@ def cmd_data_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare_local(args: argparse.Namespace) -> int:
-    from flip_dist.config import load_config
-    from flip_dist.train.experiment import format_table, run_local_comparison
-
-    cfg = load_config(args.config, list(args.set), preset=args.preset)
-    report = run_local_comparison(cfg, args.data or cfg.preprocess.out_dir, args.out)
-    print(format_table(report))
-    print(f"wrote {args.out}/comparison.json and comparison.png")
-    return 0
-
-
 def cmd_lr_search(args: argparse.Namespace) -> int:
     from flip_dist.config import load_config
     from flip_dist.train.lr_search import finetune_with_lr_search, format_report, search_lr
@@ -159,17 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("preprocess", help="raw data -> tokenized, field-aligned Parquet shards (Ray Data)")
     _add_preprocess_args(pre)
     pre.set_defaults(func=cmd_preprocess)
-
-    cmp_ = sub.add_parser("compare-local", help="single process: pretrain FLIP, finetune FLIP / FLIP_ID / "
-                                                 "FLIP_PLM and the plain ID model; AUC and logloss")
-    cmp_.add_argument("--config", help="YAML experiment file")
-    cmp_.add_argument("--preset", metavar="NAME",
-                      help="a named preset of the config file, layered on its base "
-                           "(default: its default_preset)")
-    cmp_.add_argument("--data", help="processed dataset folder (default: the config's preprocess.out_dir)")
-    cmp_.add_argument("--out", default="runs/compare-local")
-    cmp_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    cmp_.set_defaults(func=cmd_compare_local)
 
     lrs = sub.add_parser("lr-search", help="single process: pick finetune.lr from finetune.lr_grid on a validation "
                                            "slice of train (never test), then finetune with it and evaluate on test")

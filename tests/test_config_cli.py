@@ -141,7 +141,7 @@ def test_cli_takes_a_preset(tmp_path, capsys):
     args = build_parser().parse_args(["preprocess", "--config", str(REPO / "ray_jobs/configs/ml100k.yaml"),
                                       "--preset", "paper"])
     assert preprocess_config_from_args(args).preprocess.dataset == "ml-100k"
-    for command in ("pretrain", "finetune", "evaluate", "pipeline", "compare-local"):
+    for command in ("pretrain", "finetune", "evaluate", "pipeline", "lr-search"):
         assert build_parser().parse_args([command, "--preset", "paper"]).preset == "paper"
     assert main(["pretrain", "--config", str(_presets_file(tmp_path)), "--preset", "nope"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def _assert_same(dist_rows, local_history, keys):
 def test_pretrain_two_sharded_workers_match_one_process(ml100k_processed, pretrained, initial):
     """The global-batch test: one config (batch_size 2B, global) trained by the distributed
     runtime (pipeline's pretraining stage: 2 workers x B rows) and by the single process
-    (compare-local's, 2B rows) gives the same losses; only the output folder differs."""
+    (the single-process runtime's, 2B rows) gives the same losses; only the output folder differs."""
     from flip_dist.train.local import pretrain_local
 
     cfg, result, folder = pretrained

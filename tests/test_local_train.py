@@ -9,27 +9,26 @@ import torch
 
 from flip_dist.config import load_config
 from flip_dist.errors import FlipConfigError, FlipDataError
-from flip_dist.train.experiment import format_table, run_local_comparison
+from flip_dist.train.local import finetune_local, pretrain_local
 
 TINY = ["model.plm_layers=1", "pretrain.batch_size=8", "pretrain.max_steps=3", "finetune.batch_size=8",
         "finetune.max_steps=3", "finetune.eval_rows=256", "finetune.eval_batch_size=128"]
 
 
-def test_local_comparison_runs_every_variant(ml100k_processed, tmp_path):
-    cfg = load_config(None, TINY)
-    report = run_local_comparison(cfg, ml100k_processed, tmp_path)
-    assert list(report["rows"]) == ["FLIP", "FLIP_ID", "FLIP_PLM", "DCNV2 (no pretraining)"]
-    for name, row in report["rows"].items():
-        assert 0.0 <= row["auc"] <= 1.0 and 0.0 < row["logloss"] < 5.0 and row["count"] == 256, name
-        assert row["steps"] == 3
-    assert 0.0 < report["rows"]["FLIP"]["alpha"] < 1.0
-    assert report["pretrain"]["steps"] == 3
-    assert set(report["pretrain"]["last"]) >= {"mlm", "mtm", "icl", "total"}
-    assert 0.0 <= report["pretrain"]["last"]["icl_acc"] <= 1.0      # logged next to the ICL loss
-    assert json.loads((tmp_path / "comparison.json").read_text())["rows"].keys() == report["rows"].keys()
-    assert (tmp_path / "comparison.png").stat().st_size > 1000
-    assert (tmp_path / "pretrain_curves.png").stat().st_size > 1000
-    assert "FLIP_PLM" in format_table(report)
+def test_local_pretraining_then_every_finetuning_mode(ml100k_processed, tmp_path):
+    """The single-process runtime of the experiment runner's `local` cells: a pretraining export
+    that every mode finetunes from, each evaluated on the test rows asked for."""
+    cfg = load_config(None, TINY + [f"pretrain.out_dir={tmp_path / 'pretrain'}"])
+    pre = pretrain_local(cfg, ml100k_processed)
+    assert len(pre["history"]) == 3 and set(pre["history"][-1]) >= {"mlm", "mtm", "icl", "total"}
+    assert 0.0 <= pre["history"][-1]["icl_acc"] <= 1.0      # logged next to the ICL loss
+    for mode in ("flip", "flip_id", "flip_plm"):
+        cfg.finetune.mode, cfg.finetune.init = mode, pre["checkpoint"]
+        res = finetune_local(cfg, ml100k_processed)
+        m = res["metrics"]
+        assert 0.0 <= m["auc"] <= 1.0 and 0.0 < m["logloss"] < 5.0 and m["count"] == 256, mode
+        assert len(res["history"]) == 3 and ("alpha" in m) == (mode == "flip")
+        assert mode != "flip" or 0.0 < m["alpha"] < 1.0
 
     # The checkpoint holds trained weights, saved as plain tensors (weights_only loading).
     emb = torch.load(tmp_path / "pretrain" / "embedding.pt", weights_only=True)
@@ -38,16 +37,12 @@ def test_local_comparison_runs_every_variant(ml100k_processed, tmp_path):
 
 
 def test_finetune_init_must_be_a_pretraining_checkpoint(ml100k_processed, tmp_path):
-    from flip_dist.train.local import finetune_local
-
     cfg = load_config(None, TINY + [f"finetune.init={tmp_path}"])
     with pytest.raises(FlipDataError, match="no meta.json"):
         finetune_local(cfg, ml100k_processed)
 
 
 def test_tokenizer_and_plm_must_match(ml100k_processed):
-    from flip_dist.train.local import finetune_local
-
     # ML-100K was tokenized with MiniLM's WordPiece; RoBERTa reads byte-level BPE ids: the ids
     # would silently mean other tokens, so the run refuses to start.
     cfg = load_config(None, TINY + ["model.plm=roberta-base", "finetune.mode=flip_plm"])

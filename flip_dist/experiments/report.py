@@ -115,11 +115,9 @@ def markdown_table(study: Study, rows: list[Row]) -> str:
 def plot_study(study: Study, rows: list[Row], path: Path) -> Path | None:
     """AUC and logloss of a study: lines over the varied value (Fig. 6-7 sweeps) or grouped bars,
     mean with the seeds' std as error bars."""
-    import matplotlib
+    from flip_dist.analysis.figures import pyplot, save_figure_atomic
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     done = [r for r in rows if r.by_seed]
     if not done:
         return None
@@ -159,7 +157,7 @@ def plot_study(study: Study, rows: list[Row], path: Path) -> Path | None:
     seeds = max(len(r.by_seed) for r in done)
     fig.suptitle(f"{study.title or study.name}: mean" + (f" ± std over {seeds} seeds" if seeds > 1 else ", one seed"))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path)
     plt.close(fig)
     return path
 

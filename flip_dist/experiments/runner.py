@@ -185,10 +185,10 @@ def run_analyses_for(grid: GridRun) -> dict[str, Any] | None:
     spec = grid.spec
     if spec.analysis is None:
         return None
-    keys = {c.pretraining for c in grid.cells if c.pretraining is not None and
-            (spec.analysis.study is None or c.study == spec.analysis.study)}
+    keys = list(dict.fromkeys(c.pretraining for c in grid.cells if c.pretraining is not None and
+                              (spec.analysis.study is None or c.study == spec.analysis.study)))   # the spec's order
     exports: dict[str, str] = {}
-    for key in sorted(keys, key=lambda k: grid.pretrainings[k].config.pretrain.seed):
+    for key in sorted(keys, key=lambda k: grid.pretrainings[k].config.pretrain.seed):      # stable: first seed first
         pre = grid.pretrainings[key]
         if grid.pretrain_done(pre):
             exports.setdefault(pre.config.pretrain.objectives, str(pre.export(grid.out)))

@@ -7,11 +7,8 @@ and numpy because torchmetrics imports transformers."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from flip_dist.errors import FlipConfigError, FlipDataError
+from flip_dist.io_atomic import atomic_file
 from flip_dist.serving.artifact import load_artifact
 
 
@@ -98,24 +96,6 @@ def _labels(col: pa.Array, path: Path, first: int) -> np.ndarray:
     return y.astype(np.int8)
 
 
-@contextmanager
-def _atomic_file(final: Path) -> Iterator[Path]:
-    """A sibling temporary path, renamed over `final` on success (readers see the old file or the
-    whole new one), removed on error."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _schema(has_label: bool) -> pa.Schema:
     cols = [("row_id", pa.int64()), ("prob", pa.float32())]
     return pa.schema(cols + [("label", pa.int8())] if has_label else cols)
@@ -181,7 +161,7 @@ def score(model: str | Path, data: str | Path, out: str | Path | None = None, sp
         for _ in batches():
             pass
     else:
-        with _atomic_file(out_path) as tmp, pq.ParquetWriter(str(tmp), _schema(has_label)) as writer:
+        with atomic_file(out_path) as tmp, pq.ParquetWriter(str(tmp), _schema(has_label)) as writer:
             for table in batches():
                 writer.write_table(table)
     result: dict[str, Any] = {"rows": rows, "files": len(files), "model": str(model), "data": str(data),
