@@ -229,3 +229,14 @@ def test_every_id_model_compiles_to_the_finetuning_forward(name):
     _verify(artifact, table, id_model, fields, name)          # raises when the logits differ
     logits = artifact(torch.randint(0, 40, (9, len(fields))))
     assert logits.shape == (9,) and logits.std() > 0
+
+
+def test_export_after_deepspeed_replaced_torch_linear(flip_id, tmp_path, monkeypatch):
+    """A ZeRO-3 engine built earlier in the process leaves F.linear replaced by DeepSpeed's Python
+    autograd Function (it says so: "this will persist"); the export still compiles torch's own."""
+    import torch.nn.functional as F
+    from deepspeed.runtime.zero.linear import zero3_linear_wrap
+
+    monkeypatch.setattr(F, "linear", zero3_linear_wrap)
+    out = export_id(flip_id[0], tmp_path / "served")
+    assert (out / "serving.json").is_file() and F.linear is zero3_linear_wrap      # put back as it was

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +105,32 @@ def _reference(table: torch.Tensor, id_model: nn.Module, fields: list[str], ids:
     return out["logit"]
 
 
+@contextmanager
+def _torch_linear() -> Iterator[None]:
+    """torch's own F.linear while compiling: a DeepSpeed ZeRO-3 engine built earlier in this
+    process replaces it for good with a Python autograd Function ("this will persist unless
+    manually reset"), which a trace records and TorchScript then cannot save."""
+    import torch.nn.functional as F
+
+    patched = F.linear
+    F.linear = torch._C._nn.linear
+    try:
+        yield
+    finally:
+        F.linear = patched
+
+
 def _compile(scorer: IdScorer, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
     """torch.jit.script where the ID model allows it (today none does: their `from __future__`
     annotations defeat the compiler), else a trace: the models' control flow does not depend on
     the data, and _verify checks batch sizes other than the traced one."""
-    try:
-        return torch.jit.script(scorer), "script"
-    except Exception:        # e.g. an f-string error message TorchScript cannot compile
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            return torch.jit.trace(scorer, example), "trace"
+    with _torch_linear():
+        try:
+            return torch.jit.script(scorer), "script"
+        except Exception:        # e.g. an f-string error message TorchScript cannot compile
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                return torch.jit.trace(scorer, example), "trace"
 
 
 def _verify(artifact: torch.jit.ScriptModule, table: torch.Tensor, id_model: nn.Module, fields: list[str],
