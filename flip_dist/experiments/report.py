@@ -138,8 +138,9 @@ def plot_study(study: Study, rows: list[Row], path: Path) -> Path | None:
                 width = 0.8 / len(arms)
                 pos = [j - 0.4 + width * (i + 0.5) for j in xs]
                 ax.bar(pos, ys, width, yerr=err, capsize=3, label=label)
-                for x, y in zip(pos, ys):
-                    ax.text(x, y, f"{y:.4f}", ha="center", va="bottom", fontsize=7, rotation=90 if len(pos) > 4 else 0)
+                for x, y, e in zip(pos, ys, err):     # above the error bar, not across it
+                    ax.text(x, y + e, f"{y:.4f}", ha="center", va="bottom", fontsize=7,
+                            rotation=90 if len(pos) > 4 else 0)
         if study.plot == "line":
             ax.set_xlabel(" / ".join(study.vary))
         else:
