@@ -78,7 +78,53 @@ def ray_session(cfg: RayConfig, *, dashboard: bool = True) -> Iterator[None]:
             ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                      _system_config={"enable_metrics_collection": dashboard},
                      _temp_dir=cfg.temp_dir, logging_level=logging.WARNING, log_to_driver=True)
+    started = _ray_tree(_ray_children()) if not address else []
     try:
         yield
     finally:
+        tree = _ray_tree(started)                  # the workers too, while the raylet still parents them
         ray.shutdown()
+        _reap(tree)
+
+
+def _ray_children() -> list:
+    """The processes a private Ray started as this process's children: GCS, raylet, dashboard, log
+    monitor (every one runs a Ray binary or a module of the ray package)."""
+    import psutil
+
+    mine = []
+    for p in psutil.Process().children():
+        try:
+            if "ray" in " ".join(p.cmdline()):
+                mine.append(p)
+        except psutil.Error:
+            pass
+    return mine
+
+
+def _ray_tree(roots: list) -> list:
+    import psutil
+
+    procs = {p.pid: p for p in roots}
+    for p in roots:
+        try:
+            procs.update((c.pid, c) for c in p.children(recursive=True))
+        except psutil.Error:
+            pass
+    return list(procs.values())
+
+
+def _reap(procs: list, grace_s: float = 15.0) -> None:
+    """After `ray.shutdown()`: wait for every process of our private Ray to exit, then kill the
+    rest. A worker busy in native code (a Ray Train controller, a torch op) can outlive its raylet
+    by minutes, orphaned to init, holding memory and cores of a shared machine."""
+    import psutil
+
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            log.warning("Ray process %d (%s) outlived the shutdown by %.0f s: killing it", p.pid, p.name(), grace_s)
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
