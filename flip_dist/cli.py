@@ -188,9 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_stage)
 
     from flip_dist.analysis.commands import add_commands as add_analysis_commands
+    from flip_dist.profiling.commands import add_commands as add_profile_commands
     from flip_dist.serving.commands import add_commands as add_serving_commands
 
     add_analysis_commands(sub)      # analyze
+    add_profile_commands(sub)       # profile
     add_serving_commands(sub)       # export-id, score
     return parser
 

@@ -7,6 +7,7 @@ import copy
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,42 +84,51 @@ def _flip_error(error: BaseException) -> BaseException | None:
     return None
 
 
-def run_stage(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> dict[str, Any]:
-    """Run one stage on `cfg.dist.num_workers` Ray Train workers; returns the final metrics and
-    where the checkpoint and export are. Needs no Ray session: starts or joins one. A worker group
-    that loses a worker is restarted from the last checkpoint, up to dist.max_failures times."""
+def fit_workers(cfg: FlipConfig, loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any],
+                run_name: str) -> Any:
+    """`loop(loop_config)` on `cfg.dist.num_workers` Ray Train workers (torch.distributed set up,
+    bound to the node's address); returns Ray Train's result. A worker's FlipDataError or
+    FlipConfigError comes out as itself, not wrapped."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from flip_dist.distributed.rendezvous import NodeBoundTorchConfig
 
-    stage = get_stage(stage_name, cfg)
-    data_dir = Path(data_dir).resolve()
-    resume = preflight(cfg, stage, data_dir)
-    run_dir = Path(stage.settings.out_dir).resolve()
-    storage = Path(cfg.dist.storage_path).resolve()
-    run_name, started = f"{stage.name}-{time.strftime('%Y%m%d-%H%M%S')}", time.time()
     dc = cfg.dist
     with ray_session(cfg.ray):
         check_placeable(cfg)
         trainer = TorchTrainer(
-            worker_loop, torch_config=NodeBoundTorchConfig(),
-            train_loop_config=WorkerArgs(cfg.to_dict(), stage.name, str(data_dir), str(run_dir), resume).to_dict(),
+            loop, torch_config=NodeBoundTorchConfig(), train_loop_config=loop_config,
             scaling_config=ScalingConfig(num_workers=dc.num_workers, use_gpu=dc.use_gpu,
                                          resources_per_worker={"CPU": dc.cpus_per_worker,
                                                                **({"GPU": 1} if dc.use_gpu else {})}),
-            run_config=RunConfig(name=run_name, storage_path=str(storage),
+            run_config=RunConfig(name=run_name, storage_path=str(Path(dc.storage_path).resolve()),
                                  checkpoint_config=CheckpointConfig(num_to_keep=dc.keep_checkpoints),
                                  failure_config=FailureConfig(max_failures=dc.max_failures),
                                  worker_runtime_env={"env_vars": _worker_env(cfg)}),
         )
         try:
-            result = trainer.fit()
+            return trainer.fit()
         except Exception as e:
             cause = _flip_error(e)
             if cause is None:
                 raise
             raise type(cause)(str(cause)) from e
+
+
+def run_stage(cfg: FlipConfig, stage_name: str, data_dir: str | Path) -> dict[str, Any]:
+    """Run one stage on `cfg.dist.num_workers` Ray Train workers; returns the final metrics and
+    where the checkpoint and export are. Needs no Ray session: starts or joins one. A worker group
+    that loses a worker is restarted from the last checkpoint, up to dist.max_failures times."""
+    stage = get_stage(stage_name, cfg)
+    data_dir = Path(data_dir).resolve()
+    resume = preflight(cfg, stage, data_dir)
+    run_dir = Path(stage.settings.out_dir).resolve()
+    run_name, started = f"{stage.name}-{time.strftime('%Y%m%d-%H%M%S')}", time.time()
+    dc = cfg.dist
+    result = fit_workers(cfg, worker_loop, WorkerArgs(cfg.to_dict(), stage.name, str(data_dir), str(run_dir),
+                                                      resume).to_dict(), run_name)
+    storage = Path(dc.storage_path).resolve()
     export = run_dir / "export"
     export_meta = export / "meta.json"
     logged = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []

@@ -52,6 +52,8 @@ from flip_dist.errors import FlipDataError
 from flip_dist.eval.metrics import CTRMetrics
 from flip_dist.models.flip import FlipSparse, nce_bias
 from flip_dist.models.masking import RowShard
+from flip_dist.profiling.memory import TableShape
+from flip_dist.profiling.phases import PhaseClock, mark_backward
 from flip_dist.train.optim import dense_optimizer, warmup_cosine
 from flip_dist.train.stages import Stage, StageModel, get_stage
 
@@ -117,9 +119,14 @@ class ShardedTables:
 
     def __init__(self, cfg: FlipConfig, env: WorkerEnv) -> None:
         self.cfg, self.device = cfg, env.device
+        self.shapes: list[TableShape] = []      # what was built, for the profiler's memory estimate
+        self.optimizer = ""
 
     def build(self, manifest: Manifest, embed_dim: int, nce_dim: int | None, settings: Any) -> nn.Module:
         make = functools.partial(FlipSparse, manifest.num_features, manifest.fields, embed_dim, nce_dim)
+        self.shapes = [TableShape("embedding", manifest.num_features, embed_dim),
+                       *([TableShape("nce", manifest.num_features, nce_dim)] if nce_dim else [])]
+        self.optimizer = settings.table_optimizer
         return shard_sparse(make, self.cfg.dist, settings.table_optimizer, settings.embed_lr, dist.group.WORLD,
                             self.device)
 
@@ -207,6 +214,7 @@ class Runtime:
         self.total_steps = stage.total_steps(self.manifest.num_train, self.env.world)
         self.step = 0
         self.gen = torch.Generator(device=self.env.device).manual_seed(self.tc.seed)   # same on every rank
+        self.clock = PhaseClock.off()     # flip_dist.profiling switches one on
 
     # ------------------------------------------------------------------ model
     def build(self) -> None:
@@ -260,20 +268,48 @@ class Runtime:
             v = out.get(k)
             if v is not None:
                 if v.requires_grad:
-                    v = _ScaleGrad.apply(v, 1.0 / self.env.world)
+                    v = mark_backward(_ScaleGrad.apply(v, 1.0 / self.env.world), self.clock, "lookups")
                 out[k] = v.to(self.dtype)
         return out
 
     def _forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        self.clock.switch("lookups")
         lookups = self.tables.lookups(self.sparse) if self.sparse is not None else None
-        inputs = self.stage.inputs(self.model, lookups, batch.to(self.env.device), self.gen, self.env.shard)
-        return self.engine(**self._to_engine(inputs))
+        inputs = self._to_engine(self.stage.inputs(self.model, lookups, batch.to(self.env.device), self.gen,
+                                                   self.env.shard))
+        self.clock.switch("heads")           # the PLM's hooks switch to plm_fwd and back
+        return self.engine(**inputs)
 
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One micro-batch's forward and backward; returns its losses and what the stage measured."""
         losses = self.stage.losses(self._forward(batch))
-        self.engine.backward(losses[self.stage.loss_key])
+        # Backward starts with the heads; what DeepSpeed does after autograd counts as the optimizer's.
+        self.engine.backward(mark_backward(losses[self.stage.loss_key], self.clock, "heads", at_end="optimizer"))
+        self.clock.switch("other")
         return {**losses, **self.stage.extras(self.model)}
+
+    def next_batch(self, data: Iterator[Batch], stop: int) -> Batch:
+        """The next batch, once every rank has one (lookups and ZeRO are collectives)."""
+        self.clock.switch("data_wait")
+        batch = next(data, None)
+        self.clock.switch("other")
+        if not _all_have(batch is not None, self.env.device):
+            raise FlipDataError(f"{self.stage.name} ran out of training data at step {self.step} of {stop}: the "
+                                f"shards hold fewer rows than the manifest's num_train="
+                                f"{self.manifest.num_train}", path=str(self.data_dir / "train"))
+        return batch
+
+    def optimize(self, batch: Batch, lr_factor: Any) -> dict[str, torch.Tensor]:
+        """One training step on `batch`: forward, backward (tables updated in it), dense step."""
+        if self.sparse is not None:
+            set_sparse_lr(self.sparse, self.tc.embed_lr * lr_factor(self.step // self.cfg.dist.grad_accum))
+        losses = self.train_step(batch)
+        if hasattr(self.sparse, "after_backward"):     # replicated tables: a plain optimizer
+            with self.clock.phase("lookups"):
+                self.sparse.after_backward()
+        with self.clock.phase("optimizer"):
+            self.engine.step()
+        return losses
 
     def fit(self) -> dict[str, Any]:
         """Train to total_steps (or stop_after steps of this run), reporting and checkpointing."""
@@ -288,17 +324,8 @@ class Runtime:
         bar = tqdm(total=stop, initial=start, desc=f"{self.stage.label}[rank {self.env.rank}]", unit="step",
                    disable=self.env.rank != 0)
         while self.step < stop:
-            batch = next(data, None)
-            if not _all_have(batch is not None, self.env.device):
-                raise FlipDataError(f"{self.stage.name} ran out of training data at step {self.step} of {stop}: the "
-                                    f"shards hold fewer rows than the manifest's num_train="
-                                    f"{self.manifest.num_train}", path=str(self.data_dir / "train"))
-            if self.sparse is not None:
-                set_sparse_lr(self.sparse, self.tc.embed_lr * factor(self.step // accum))
-            losses = self.train_step(batch)
-            if hasattr(self.sparse, "after_backward"):     # replicated tables: a plain optimizer
-                self.sparse.after_backward()
-            self.engine.step()
+            batch = self.next_batch(data, stop)
+            losses = self.optimize(batch, factor)
             self.step += 1
             seen += len(batch)
             if self.ledger is not None and batch.row_ids is not None:
