@@ -36,3 +36,12 @@ def test_a_resumed_stream_continues_exactly(ml100k_processed, ray_local):
     full = _ids(r0, 2)
     for skip in (1, 31, 32, 33, len(full) - 1):         # inside, at and across window edges
         assert _ids(r0, 2, skip) == full[skip:], skip
+
+
+def test_one_rank_reads_the_whole_ring_once(ml100k_processed, ray_local):
+    """One rank's epoch starts at a seeded row and wraps round to it: the first shard is read twice
+    (its tail, then its head), each part once."""
+    n = sum(pq.ParquetFile(f).metadata.num_rows for f in (ml100k_processed / "train").glob("*.parquet"))
+    only = RankStream(list_shards(ml100k_processed, "train"), 0, 1, B, WINDOW, 0, pad_id=0)
+    rows = sum(_ids(only, 0), [])
+    assert len(rows) == (n // B) * B and len(set(rows)) == len(rows)

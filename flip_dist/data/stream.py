@@ -49,6 +49,17 @@ def _is_read_error(error: BaseException) -> bool:
     return False
 
 
+def _distinct_runs(files: list[ShardFile]) -> list[list[ShardFile]]:
+    """`files` cut where a file comes again (the ring wrapped): Ray Data reads a path listed twice
+    in one read_parquet once, so one dataset a run."""
+    runs: list[list[ShardFile]] = [[]]
+    for f in files:
+        if any(g.path == f.path for g in runs[-1]):
+            runs.append([])
+        runs[-1].append(f)
+    return runs
+
+
 class RankStream:
     """One rank's share of the train split, epoch by epoch (see the module doc)."""
 
@@ -93,17 +104,18 @@ class RankStream:
         ctx.enable_progress_bars = False                   # one bar per epoch and rank: noise in the job log
         left = count
         try:
-            ds = ray.data.read_parquet([f.path for f in files], columns=self.columns)
-            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
-                if offset >= table.num_rows:
-                    offset -= table.num_rows
-                    continue
-                table = table.slice(offset, left)
-                offset = 0
-                left -= table.num_rows
-                yield table
-                if left == 0:
-                    return
+            for run in _distinct_runs(files):
+                ds = ray.data.read_parquet([f.path for f in run], columns=self.columns)
+                for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+                    if offset >= table.num_rows:
+                        offset -= table.num_rows
+                        continue
+                    table = table.slice(offset, left)
+                    offset = 0
+                    left -= table.num_rows
+                    yield table
+                    if left == 0:
+                        return
         except Exception as e:       # Ray Data wraps the reader's error: name the shards it was reading
             if isinstance(e, FlipDataError) or not _is_read_error(e):
                 raise

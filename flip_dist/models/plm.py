@@ -103,7 +103,53 @@ def load_plm(name: str, plm_path: str | None = None, *, trust_remote_code: bool 
         for m in model.modules():
             if isinstance(m, nn.Dropout):
                 m.p = dropout
+    use_cpu_bf16_attention(model)
     return model, info
+
+
+# PyTorch's CPU flash-attention kernel (what SDPA picks on CPU without dropout) is slow in bf16: at
+# MiniLM's shapes (64 x 12 heads x 56 tokens x 32) its forward+backward takes 3.5x its fp32 time and
+# 6x a plain bf16 matmul + softmax (tools/bench_precision.py). This implementation is SDPA itself
+# for every fp32 (or GPU) call, so fp32 numerics are unchanged, and matmul + softmax + matmul for
+# bf16 / fp16 on CPU (the model as DeepSpeed's bf16 makes it).
+CPU_BF16_ATTENTION = "flip_sdpa_cpu_bf16"
+
+
+def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+               **kwargs) -> tuple[torch.Tensor, None]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.device.type != "cpu" or query.dtype == torch.float32 or kwargs.get("position_bias") is not None \
+            or (hasattr(module, "num_key_value_groups") and module.num_key_value_groups > 1):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:         # SDPA's mask: boolean (True = attend) or additive
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    elif kwargs.get("is_causal", getattr(module, "is_causal", False)) and query.shape[2] > 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    probs = nn.functional.dropout(scores.softmax(-1), p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+def use_cpu_bf16_attention(model: nn.Module) -> None:
+    """Switch a model that runs SDPA attention to `_attention` (SDPA unchanged except bf16 / fp16 on
+    CPU). Models without transformers' attention interface are left as they are."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa" \
+            or not getattr(model, "_supports_attention_backend", False):
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(CPU_BF16_ATTENTION, _attention)
+    AttentionMaskInterface.register(CPU_BF16_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])   # SDPA's masks
+    model.set_attn_implementation(CPU_BF16_ATTENTION)
 
 
 def _load_plm(name: str, plm_path: str | None, trust_remote_code: bool,

@@ -32,8 +32,9 @@ PHASE_HELP = {
     "other": "the rest of the loop",
 }
 # Collectives every library here calls through torch.distributed (DeepSpeed's comm, TorchRec's).
-COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
-               "reduce_scatter_tensor", "all_to_all", "all_to_all_single", "broadcast", "barrier", "reduce")
+COLLECTIVES = ("all_reduce", "all_reduce_coalesced", "all_gather", "all_gather_into_tensor", "_all_gather_base",
+               "all_gather_object", "reduce_scatter", "reduce_scatter_tensor", "_reduce_scatter_base", "all_to_all",
+               "all_to_all_single", "broadcast", "barrier", "reduce", "gather", "scatter")
 
 
 class PhaseClock:
@@ -125,7 +126,8 @@ def watch_plm(plm: nn.Module, clock: PhaseClock) -> list[Any]:
 @contextlib.contextmanager
 def timed_collectives(clock: PhaseClock) -> Iterator[None]:
     """Every torch.distributed collective called while inside counts as `comm` (an asynchronous
-    one's wait counts where it is waited for)."""
+    one's wait counts where it is waited for). Enter it before DeepSpeed initialises its
+    communication backend: that keeps references to some of these functions."""
     import torch.distributed as dist
 
     saved = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}

@@ -88,7 +88,6 @@ def profile_loop(config: dict[str, Any]) -> None:
     import torchrec  # noqa: F401
     import transformers  # noqa: F401
 
-    from flip_dist.distributed.worker import Runtime
     from flip_dist.train.stages import get_stage
 
     logging.basicConfig(level=logging.WARNING)
@@ -99,11 +98,19 @@ def profile_loop(config: dict[str, Any]) -> None:
         raise FlipConfigError(f"profile: stage {args.stage!r} does not train; profile pretrain or finetune")
     process_gib = _rss_gib()
     out = Path(args.out_dir)
+    clock = PhaseClock(sync=(lambda: torch.cuda.synchronize()) if cfg.dist.use_gpu else None)
+    with timed_collectives(clock):          # from before DeepSpeed's backend takes its references
+        _profile(args, cfg, stage, out, process_gib, clock)
+
+
+def _profile(args: ProfileArgs, cfg: FlipConfig, stage: Any, out: Path, process_gib: float,
+             clock: PhaseClock) -> None:
+    from flip_dist.distributed.worker import Runtime
+
     rt = Runtime(cfg, stage, args.data_dir, str(out / "run"))
     rt.build()
     env, dense = rt.env, rt.engine.module
     plm = getattr(dense, "plm", None)
-    sync = (lambda: torch.cuda.synchronize(env.device)) if env.device.type == "cuda" else None
     data, constant_lr = rt._positions(), (lambda step: 1.0)
     need = max(args.warmup, 1) + args.steps + args.trace_steps
     if stage.steps_per_epoch(rt.manifest.num_train, env.world) * stage.settings.epochs < need:
@@ -123,18 +130,17 @@ def profile_loop(config: dict[str, Any]) -> None:
     if hasattr(rt.sparse, "after_backward"):
         rt.sparse.after_backward()
     rt.engine.step()
-    # The timed steps.
-    rt.clock = clock = PhaseClock(sync=sync)
+    # The timed steps (what the clock counted before them is dropped by the first take).
+    rt.clock = clock
     hooks = watch_plm(plm, clock) if plm is not None else []
     steps, tokens, seq = [], 0, 0
-    with timed_collectives(clock):
-        for _ in range(args.steps):
-            clock.take()
-            batch = one_step()
-            clock.switch("other")
-            steps.append(clock.take())
-            tokens += int(batch.attention_mask.sum())
-            seq = max(seq, int(batch.input_ids.shape[1]))
+    for _ in range(args.steps):
+        clock.take()
+        batch = one_step()
+        clock.switch("other")
+        steps.append(clock.take())
+        tokens += int(batch.attention_mask.sum())
+        seq = max(seq, int(batch.input_ids.shape[1]))
     for h in hooks:
         h.remove()
     rt.clock = PhaseClock.off()
