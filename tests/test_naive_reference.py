@@ -9,26 +9,23 @@ from pathlib import Path
 import pytest
 import torch
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "processed" / "ml-100k"
 CONFIG = Path(__file__).resolve().parents[1] / "ray_jobs" / "configs" / "ml100k.yaml"
 
-pytestmark = pytest.mark.skipif(not (DATA / "manifest.json").is_file(),
-                                reason="needs data/processed/ml-100k (flip-dist data get + preprocess)")
 
-
-def test_naive_losses_match_runtime_and_train() -> None:
+def test_naive_losses_match_runtime_and_train(ml100k_processed) -> None:
     from flip_dist.config import load_config
     from flip_dist.data.batches import ShardReader
     from flip_dist.profiling.naive import build_naive, copy_weights
     from flip_dist.train.local import build_local
 
     # 2 of MiniLM's 6 layers: quicker, and the comparison does not depend on depth
+    data = ml100k_processed
     cfg = load_config(CONFIG, ["pretrain.batch_size=8", "model.plm_dropout=0", "model.plm_layers=2",
                                "pretrain.lr=1e-3"])
-    stage, ours = build_local(cfg, "pretrain", DATA)
-    naive = build_naive(cfg, DATA)
+    stage, ours = build_local(cfg, "pretrain", data)
+    naive = build_naive(cfg, data)
     copy_weights(naive.model, ours.dense, ours.sparse)
-    batches = list(ShardReader(DATA, "train").batches(8, shuffle=True, seed=0, drop_last=True, max_rows=8 * 2))
+    batches = list(ShardReader(data, "train").batches(8, shuffle=True, seed=0, drop_last=True, max_rows=8 * 2))
 
     gen = torch.Generator().manual_seed(cfg.pretrain.seed)
     with torch.no_grad():
