@@ -242,6 +242,9 @@ class ModelConfig:
                                        # None keeps the PLM's own; 0 for bit-comparable runs
     mlm_tied: Bool = True              # the MLM decoder shares the PLM's word embeddings (BERT);
                                        #   false: an output layer of its own (Eq. 5 read literally)
+    plm_length_groups: Int = _rule(4, "must be in 1..256", ge=1, le=256)
+                                       # the PLM runs on this many groups of rows of similar length, each
+                                       #   padded to its own longest row (1: one call, padded to the batch's)
 
 
 @_section("dist")

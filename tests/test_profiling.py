@@ -1,10 +1,12 @@
 """`flip-dist profile`: the runtime's own step timed phase by phase on real ML-100K; the phases
-partition the step, the FLOP count is the transformer's, the trace opens as Chrome JSON, and a
-two-worker run on Ray Train times its collectives and shards its tables."""
+partition the step, the FLOP count is the transformer's, the trace opens as Chrome JSON, and the
+command on two Ray Train workers times their collectives and shards their tables."""
 from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -84,11 +86,12 @@ def _check_report(r: dict, out, workers: int) -> None:
 
 
 def test_profile_in_process_on_real_ml100k(ml100k_processed, tmp_path):
-    cfg = load_config(CONFIG, SMALL + ["pretrain.batch_size=16"])
+    cfg = load_config(CONFIG, SMALL + ["pretrain.batch_size=16", "model.plm_length_groups=1"])
     r = profile(cfg, "pretrain", ml100k_processed, tmp_path, steps=2, warmup=1, trace_steps=1, in_process=True)
     _check_report(r, tmp_path, 1)
     # The PLM's FLOPs are the transformer's: per token and layer 24 h^2 (Q, K, V, output, FFN 4h)
-    # and 4 s h (scores, weighted sum); backward twice forward. Rows: text and masked text stacked.
+    # and 4 s h (scores, weighted sum); backward twice forward. Rows: text and masked text stacked,
+    # in one call padded to the batch's longest row (plm_length_groups=1).
     w = r["per_worker"][0]
     rows, seq = w["flops_plm_shape"]
     h = 384
@@ -115,11 +118,39 @@ def test_profile_finetune_from_scratch_in_process(ml100k_processed, tmp_path):
     assert rows == 16                              # one text pass in finetuning
 
 
-@pytest.mark.slow     # in the full default suite its TrainController once waited forever (open; see issue 15's note)
-def test_profile_on_two_ray_train_workers(ml100k_processed, ray_local, tmp_path):
-    cfg = load_config(CONFIG, SMALL + ["pretrain.batch_size=16", "dist.num_workers=2"])
-    r = profile(cfg, "pretrain", ml100k_processed, tmp_path, steps=2, warmup=1, trace_steps=1)
+def test_profile_command_on_two_ray_train_workers(ml100k_processed, ray_local, tmp_path):
+    """`flip-dist profile` as a user runs it (its own process, on the session's Ray cluster): two Ray
+    Train workers, comm timed on both, one trace per rank, the table on the terminal."""
+    address = ray_local.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "flip_dist.cli", "profile", "--config", CONFIG, "--data", str(ml100k_processed),
+           "--out", str(tmp_path), "--ray-address", address, "--steps", "2", "--warmup", "1", "--trace-steps", "1"]
+    for item in SMALL + ["pretrain.batch_size=16", "dist.num_workers=2"]:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "samples/s" in proc.stdout and "plm_bwd" in proc.stdout
+    r = json.loads((tmp_path / "profile.json").read_text())
     _check_report(r, tmp_path, 2)
     assert all(w["phases"]["comm"] > 0 for w in r["per_worker"])          # gradient reduction, all-to-all syncs
     assert r["global_batch"] == 16 and {w["rows_per_step"] for w in r["per_worker"]} == {8}
     assert len(r["traces"]) == 2
+
+
+def test_an_in_process_sweep_records_a_failed_point_and_goes_on(ml100k_processed, tmp_path, capsys):
+    """The second point's dataset folder does not exist: its row names the error, the first point's row
+    is a full profile, and both land in the CSV and the plot."""
+    import csv
+
+    from flip_dist.profiling.commands import sweep
+
+    axes = {"data": [str(ml100k_processed), str(tmp_path / "missing")]}
+    rows = sweep(CONFIG, SMALL + ["pretrain.batch_size=8"], None, "pretrain", str(ml100k_processed),
+                 tmp_path / "sw", axes, steps=1, warmup=1, trace_steps=0, in_process=True)
+    assert [bool(r["error"]) for r in rows] == [False, True]
+    assert "missing" in rows[1]["error"] and rows[0]["samples_per_s"] > 0
+    with open(tmp_path / "sw" / "sweep.csv", newline="") as f:
+        assert [r["data"] for r in csv.DictReader(f)] == axes["data"]
+    assert (tmp_path / "sw" / "sweep.png").stat().st_size > 0
+    assert json.loads((tmp_path / "sw" / "points" / "00" / "profile.json").read_text())["point"] == {
+        "data": str(ml100k_processed)}
+    assert "[2/2] data=" in capsys.readouterr().out

@@ -77,8 +77,8 @@ def parse_key(axis: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from flip_dist.config import load_config
-    from flip_dist.profiling.commands import profile
-    from flip_dist.profiling.report import plot_sweep, sweep_row
+    from flip_dist.profiling.commands import profile_point
+    from flip_dist.profiling.report import plot_sweep
     from flip_dist.ray_runtime import ray_session
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,17 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         for axis in axes:
             rows, t0 = [], time.perf_counter()
             for i, (value, sets, data) in enumerate(points(axis, args.data_root, args.rows)):
-                point = {"axis": axis, "value": value}
-                try:
-                    r = profile(load_config(CONFIG, overrides + sets), "pretrain", data, args.out / axis / f"{i:02d}",
-                                steps=args.steps, warmup=args.warmup, trace_steps=1, extra=point)
-                    rows.append(sweep_row(point, r, None))
-                    print(f"{axis}={value}: {r['samples_per_s']:.2f} samples/s, step {r['step_s']:.2f} s, "
-                          f"MFU {100 * r['mfu']:.1f}%, peak {r['peak_memory_gib']:.2f} GiB "
-                          f"(estimate {r['memory_estimate_gib']['total']:.2f})", flush=True)
-                except Exception as e:     # out of memory at one point must not end the sweep
-                    rows.append(sweep_row(point, None, f"{type(e).__name__}: {e}"))
-                    print(f"{axis}={value}: FAILED {type(e).__name__}: {e}", flush=True)
+                rows.append(profile_point({"axis": axis, "value": value}, f"{axis}={value}",
+                                          load_config(CONFIG, overrides + sets), "pretrain", data,
+                                          args.out / axis / f"{i:02d}", steps=args.steps, warmup=args.warmup,
+                                          trace_steps=1))
             write_sweep_csv(rows, args.out / axis / "sweep.csv")
             plot_sweep(rows, ["value"], args.out / axis / "sweep.png")
             all_rows += rows

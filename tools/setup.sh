@@ -26,12 +26,18 @@ quiet() { "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }  # this machine'
 
 stamp="$venv/.flip_dist_setup"
 want="$variant $(cat "$root/pyproject.toml" "$root/tools/setup.sh" | sha256sum | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" -c "import flip_dist, torchrec, deepspeed" 2>/dev/null; then
-  echo "setup: $venv is up to date ($variant)"; exit 0
+why="no stamp of a finished install"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  if err="$("$py" -c "import flip_dist, torchrec, deepspeed" 2>&1)"; then
+    echo "setup: $venv is up to date ($variant)"; exit 0
+  fi
+  why="the installed packages do not import: $(printf '%s' "$err" | tail -n 1)"
+elif [ -f "$stamp" ]; then
+  why="pyproject.toml, tools/setup.sh or the variant changed since the last install"
 fi
 rm -f "$stamp"
 
-echo "setup: installing the $variant variant into $venv"
+echo "setup: installing the $variant variant into $venv ($why)"
 quiet "${pip[@]}" "setuptools>=64" wheel
 if [ "$variant" = cpu ]; then
   # Never let a resolver pick a CUDA torch on a CPU machine: the CPU wheel is asked for by its

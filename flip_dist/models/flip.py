@@ -17,6 +17,7 @@ from flip_dist.errors import FlipConfigError
 from flip_dist.models.embedding import FeatureEmbedding, feature_kjt
 from flip_dist.models.heads import ICLHead, MLMHead, MTMHead
 from flip_dist.models.objectives import Objectives
+from flip_dist.models.plm import encode_by_length
 
 NCE_TABLE = "nce_output"
 # Std of the NCE output rows' init, as for the feature table (1e-4, like the authors' code): o_j
@@ -83,9 +84,10 @@ class FlipPretrainDense(nn.Module):
 
     def __init__(self, plm: nn.Module, id_model: nn.Module, d_text: int, text_vocab: int, num_fields: int,
                  obj: Objectives, nce_dim: int = 32, mtm_hidden: int = 256, icl_dim: int = 128,
-                 tau: float = 0.7, icl_norm: str = "layernorm", mlm_tied: bool = True) -> None:
+                 tau: float = 0.7, icl_norm: str = "layernorm", mlm_tied: bool = True, length_groups: int = 1) -> None:
         super().__init__()
         self.plm, self.id_model, self.obj = plm, id_model, obj
+        self.length_groups = length_groups
         d_tab = id_model.out_dim
         # The MLM decoder shares the PLM's word embeddings, as BERT's does (mlm_tied=False: its own
         # weights: the two-layer MLP g_PLM of Eq. 5 read literally, with its own output layer).
@@ -102,7 +104,7 @@ class FlipPretrainDense(nn.Module):
         return need_w, o.mlm, need_v, o.mtm
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.plm(input_ids=ids, attention_mask=mask).last_hidden_state
+        return encode_by_length(self.plm, ids, mask, self.length_groups)
 
     def forward(self, emb: torch.Tensor, emb_masked: torch.Tensor, input_ids: torch.Tensor,
                 masked_input_ids: torch.Tensor, attention_mask: torch.Tensor, mlm_labels: torch.Tensor,
@@ -144,8 +146,10 @@ class FlipFinetuneDense(nn.Module):
     parameter, initialised to 0.5) and sums the three BCEs (Eq. 17); FLIP_ID and FLIP_PLM train
     one side (Eq. 18, 19)."""
 
-    def __init__(self, mode: str, id_model: nn.Module | None, plm: nn.Module | None, d_text: int | None) -> None:
+    def __init__(self, mode: str, id_model: nn.Module | None, plm: nn.Module | None, d_text: int | None,
+                 length_groups: int = 1) -> None:
         super().__init__()
+        self.length_groups = length_groups
         if mode not in FINETUNE_MODES:
             raise FlipConfigError(f"finetune.mode {mode!r}: one of {list(FINETUNE_MODES)}")
         self.mode = mode
@@ -168,7 +172,7 @@ class FlipFinetuneDense(nn.Module):
             _, out["logit_id"] = self.id_model(emb)                                       # Eq. 15
             out["loss_id"] = bce(out["logit_id"])
         if self.plm is not None:
-            w_cls = self.plm(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+            w_cls = encode_by_length(self.plm, input_ids, attention_mask, self.length_groups)[:, 0]
             out["logit_plm"] = self.linear_plm(w_cls).squeeze(-1)                           # Eq. 15
             out["loss_plm"] = bce(out["logit_plm"])
         if self.mode == "flip":

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from flip_dist.errors import FlipConfigError
@@ -203,3 +204,24 @@ def cls_spread(plm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
     plm.train(was_training)
     center = cls.mean(0)
     return float((cls - center).norm(dim=-1).mean() / center.norm().clamp_min(1e-12))
+
+
+def encode_by_length(plm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     groups: int) -> torch.Tensor:
+    """The PLM's last hidden states, [rows, L, hidden], computed on `groups` runs of rows sorted by
+    length, each cut to its own longest row instead of the batch's: on ML-100K's prompts (41-66
+    tokens) a batch of 32 padded to its longest row is 19% padding, in 4 groups 4%. Rows never
+    attend to each other, so the states at real tokens are the same to float rounding; no objective
+    reads the states at padding (past a group's longest row they are zero). Rows must be
+    right-padded (Batch's contract)."""
+    rows, width = input_ids.shape
+    if groups <= 1 or rows < 2 * groups:
+        return plm(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    lengths = attention_mask.sum(1)
+    order = torch.argsort(lengths, stable=True)
+    parts = []
+    for idx in order.tensor_split(groups):
+        longest = int(lengths[idx].max())
+        states = plm(input_ids=input_ids[idx, :longest], attention_mask=attention_mask[idx, :longest]).last_hidden_state
+        parts.append(F.pad(states, (0, 0, 0, width - longest)))
+    return torch.cat(parts).index_select(0, torch.argsort(order))      # back to the batch's row order

@@ -74,31 +74,39 @@ def parse_axes(items: list[str], stage: str) -> dict[str, list[str]]:
     return axes
 
 
+def profile_point(point: dict[str, str], label: str, cfg: Any, stage: str, data_dir: str | Path, out: Path,
+                  **kw: Any) -> dict[str, Any]:
+    """One sweep point's CSV row; a failure (out of memory, a bad value) is recorded, not raised, so that
+    the sweep goes on to its other points."""
+    from flip_dist.profiling.report import sweep_row
+
+    try:
+        r = profile(cfg, stage, data_dir, out, extra={"point": point}, **kw)
+    except Exception as e:
+        log.warning("sweep point %s failed: %s", label, e)
+        print(f"{label}: FAILED {type(e).__name__}: {e}", flush=True)
+        return sweep_row(point, None, f"{type(e).__name__}: {e}")
+    print(f"{label}: {r['samples_per_s']:.2f} samples/s, step {r['step_s']:.2f} s, MFU {100 * r['mfu']:.1f}%, "
+          f"peak {r['peak_memory_gib']:.2f} GiB (estimate {r['memory_estimate_gib']['total']:.2f})", flush=True)
+    return sweep_row(point, r, None)
+
+
 def sweep(config: str | None, overrides: list[str], preset: str | None, stage: str, data_dir: str, out: str | Path,
           axes: dict[str, list[str]], **kw: Any) -> list[dict[str, Any]]:
     """Every combination of `axes`, one profile each; returns the CSV rows."""
     from flip_dist.config import load_config
-    from flip_dist.profiling.report import plot_sweep, sweep_row, write_sweep_csv
+    from flip_dist.profiling.report import plot_sweep, write_sweep_csv
 
     out = Path(out)
     names = list(axes)
     points = [dict(zip(names, combo)) for combo in itertools.product(*axes.values())]
-    for point in points:          # every point's config is validated before the first one runs
-        load_config(config, overrides + [f"{k}={v}" for k, v in point.items() if k != "data"], preset=preset)
+    cfgs = [load_config(config, overrides + [f"{k}={v}" for k, v in point.items() if k != "data"], preset=preset)
+            for point in points]          # every point's config is validated before the first one runs
     rows = []
-    for i, point in enumerate(points):
-        cfg = load_config(config, overrides + [f"{k}={v}" for k, v in point.items() if k != "data"], preset=preset)
-        label = ", ".join(f"{k}={v}" for k, v in point.items())
-        try:
-            r = profile(cfg, stage, point.get("data", data_dir), out / "points" / f"{i:02d}", extra={"point": label},
-                        **kw)
-            rows.append(sweep_row(point, r, None))
-            print(f"[{i + 1}/{len(points)}] {label}: {r['samples_per_s']:.2f} samples/s, "
-                  f"{r['peak_memory_gib']:.2f} GiB", flush=True)
-        except Exception as e:          # one failed point (out of memory, a bad value) must not end the sweep
-            log.warning("sweep point %s failed: %s", label, e)
-            rows.append(sweep_row(point, None, f"{type(e).__name__}: {e}"))
-            print(f"[{i + 1}/{len(points)}] {label}: FAILED {type(e).__name__}: {e}", flush=True)
+    for i, (point, cfg) in enumerate(zip(points, cfgs)):
+        label = f"[{i + 1}/{len(points)}] " + ", ".join(f"{k}={v}" for k, v in point.items())
+        rows.append(profile_point(point, label, cfg, stage, point.get("data", data_dir), out / "points" / f"{i:02d}",
+                                  **kw))
         write_sweep_csv(rows, out / "sweep.csv")
     short = {k: next((a for a, full in SWEEP_ALIASES.items() if full.format(stage=stage) == k), k) for k in names}
     plot_rows = [{**{short[k]: Path(v).name if k == "data" else v for k, v in row.items() if k in names},

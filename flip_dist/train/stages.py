@@ -198,7 +198,7 @@ class PretrainStage(Stage):
             sampler = AliasSampler(counts, device=tables.device)
         dense = FlipPretrainDense(enc.plm, enc.id_model, enc.info.hidden_size, enc.info.vocab_size,
                                   manifest.num_fields, obj, m.nce_dim, m.mtm_hidden, m.icl_dim, self.settings.tau,
-                                  m.icl_norm, m.mlm_tied)
+                                  m.icl_norm, m.mlm_tied, m.plm_length_groups)
         if obj.icl:
             self._check_cls(enc, manifest, data_dir)
         return StageModel(enc, sparse, dense, sampler, TextIds(manifest.text_mask_id, enc.info.vocab_size))
@@ -256,7 +256,8 @@ class FinetuneStage(Stage):
         mode = self.mode
         sparse = tables.build(manifest, self.cfg.model.embed_dim, None, self.settings) if mode != "flip_plm" else None
         torch.manual_seed(self.settings.seed)   # the new layers depend on the seed alone, whatever the runtime
-        return StageModel(enc, sparse, FlipFinetuneDense(mode, enc.id_model, enc.plm, enc.info.hidden_size))
+        return StageModel(enc, sparse, FlipFinetuneDense(mode, enc.id_model, enc.plm, enc.info.hidden_size,
+                                                            self.cfg.model.plm_length_groups))
 
 
 class EvaluateStage(FinetuneStage):
