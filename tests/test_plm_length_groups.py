@@ -44,10 +44,15 @@ def test_grouped_states_and_gradients_equal_one_padded_call(ml100k_processed):
     assert grouped < 0.97 * padded
 
 
-def test_too_few_rows_for_the_groups_is_one_call(ml100k_processed):
+def test_one_call_when_grouping_saves_nothing(ml100k_processed):
+    """Too few rows for the groups, or rows of one length: the PLM's own output, bit for bit."""
     pad = read_manifest(ml100k_processed).text_pad_id
-    batch = first_rows(ml100k_processed, "train", 3, pad)
+    batch = first_rows(ml100k_processed, "train", 16, pad)
     plm, _ = load_plm("minilm", num_layers=1)
+    n = int(batch.attention_mask.sum(1).min())
+    same = batch.input_ids[:, :n], batch.attention_mask[:, :n]            # every row n tokens long
+    few = batch.input_ids[:3], batch.attention_mask[:3]
     with torch.no_grad():
-        assert torch.equal(encode_by_length(plm, batch.input_ids, batch.attention_mask, 4),
-                           plm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state)
+        for ids, mask in (same, few):
+            assert torch.equal(encode_by_length(plm, ids, mask, 4),
+                               plm(input_ids=ids, attention_mask=mask).last_hidden_state)

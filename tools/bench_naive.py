@@ -72,7 +72,7 @@ def _peak_rss_gib() -> float:
 class OursSide:
     """The runtime as one rank (gloo, world 1), in this process."""
 
-    def __init__(self, spec: dict[str, Any], precision: str) -> None:
+    def __init__(self, spec: dict[str, Any], precision: str, extra: list[str]) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -83,7 +83,7 @@ class OursSide:
         from flip_dist.train.stages import get_stage
 
         run_dir = tempfile.mkdtemp(prefix="bench-naive-ours-")
-        cfg = load_config(ROOT / spec["config"], _overrides(spec, precision, run_dir))
+        cfg = load_config(ROOT / spec["config"], _overrides(spec, precision, run_dir) + extra)
         stage = get_stage("pretrain", cfg)
         self.rt = Runtime(cfg, stage, str(ROOT / spec["data"]), run_dir)
         self.rt.build()
@@ -149,7 +149,7 @@ class NaiveSide:
         return {"phases_s": {k: round(v, 3) for k, v in phases.items()}, "top_ops": ops}
 
 
-def worker_main(side: str, spec: dict[str, Any], precision: str, threads: int) -> int:
+def worker_main(side: str, spec: dict[str, Any], precision: str, threads: int, ours_set: list[str]) -> int:
     """Serve the parent: one JSON command a line on stdin, one PREFIX + JSON reply on stdout."""
     import logging
 
@@ -160,7 +160,7 @@ def worker_main(side: str, spec: dict[str, Any], precision: str, threads: int) -
         torch.set_num_threads(threads)
     out = sys.stdout
     t0 = time.perf_counter()
-    impl: Any = OursSide(spec, precision) if side == "ours" else NaiveSide(spec)
+    impl: Any = OursSide(spec, precision, ours_set) if side == "ours" else NaiveSide(spec)
     build_s = time.perf_counter() - t0
     extra: dict[str, Any] = {}
     if side == "naive":
@@ -187,12 +187,14 @@ def worker_main(side: str, spec: dict[str, Any], precision: str, threads: int) -
 
 # ---------------------------------------------------------------------------------------- parent
 class Worker:
-    def __init__(self, name: str, side: str, dataset: str, precision: str, threads: int, log_dir: Path) -> None:
+    def __init__(self, name: str, side: str, dataset: str, precision: str, threads: int, log_dir: Path,
+                 ours_set: list[str]) -> None:
         self.name = name
         self.log_path = log_dir / f"{dataset}-{name}.log"
         self.log = open(self.log_path, "w", encoding="utf-8")
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--worker-dataset", dataset,
                "--worker-precision", precision, "--threads", str(threads)]
+        cmd += [arg for item in ours_set for arg in ("--ours-set", item)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      bufsize=1, cwd=str(ROOT))
 
@@ -257,7 +259,8 @@ def bench_dataset(name: str, args: argparse.Namespace, log_dir: Path) -> dict[st
     try:
         for _, side, prec, _ in sides:     # start every process first (one naive process for both modes)
             if (side, prec) not in procs:
-                procs[side, prec] = Worker(f"{side}-{prec}", side, name, prec, args.threads, log_dir)
+                procs[side, prec] = Worker(f"{side}-{prec}", side, name, prec, args.threads, log_dir,
+                                           args.ours_set)
         ready = {k: w.reply() for k, w in procs.items()}
         print(f"[{name}] built: " + ", ".join(f"{k[0]}/{k[1]} {r['build_s']} s" for k, r in ready.items()),
               flush=True)
@@ -351,12 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-profile", dest="profile", action="store_false",
                     help="skip the one profiled naive fp32 step (op breakdown)")
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "bench" / "bench_naive.json")
+    ap.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for our side only, e.g. model.plm_length_groups=1")
     ap.add_argument("--worker", choices=["naive", "ours"], help=argparse.SUPPRESS)
     ap.add_argument("--worker-dataset", choices=list(DATASETS), help=argparse.SUPPRESS)
     ap.add_argument("--worker-precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        return worker_main(args.worker, DATASETS[args.worker_dataset], args.worker_precision, args.threads)
+        return worker_main(args.worker, DATASETS[args.worker_dataset], args.worker_precision, args.threads,
+                           args.ours_set)
     for ds in args.datasets:
         if not (ROOT / DATASETS[ds]["data"] / "manifest.json").is_file():
             ap.error(f"{ds}: no dataset at {DATASETS[ds]['data']} (see this script's docstring)")
@@ -369,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print_table(results, machine)
     report = {"machine": machine, "settings": {k: getattr(args, k) for k in ("warmup", "rounds", "steps", "threads",
-                                                                             "precisions")},
+                                                                             "precisions", "ours_set")},
               "wall_s": round(time.perf_counter() - t0, 1), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
