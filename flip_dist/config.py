@@ -244,7 +244,8 @@ class ModelConfig:
                                        #   false: an output layer of its own (Eq. 5 read literally)
     plm_length_groups: Int = _rule(4, "must be in 1..256", ge=1, le=256)
                                        # the PLM runs on this many groups of rows of similar length, each
-                                       #   padded to its own longest row (1: one call, padded to the batch's)
+                                       #   padded to its own longest row (1: one call, padded to the batch's;
+                                       #   use 1 with ZeRO-3, which gathers the parameters for every call)
 
 
 @_section("dist")
