@@ -41,7 +41,11 @@ def test_icl_gathers_negatives_across_ranks():
     head = ICLHead(24, 12)
     full = head(w, v)
     full.backward()
-    with mp.Manager() as manager:
+    # A spawned manager, never a forked one: pytest's process is a Ray driver (the session's Ray),
+    # and a forked copy of it polls GCS with the driver's subscriber id; GCS then answers the
+    # driver's own poll empty (Ray aborts the driver: "Check failed: !reply.publisher_id().empty()")
+    # or hands the copy a notification meant for the driver (a Train controller never started).
+    with mp.get_context("spawn").Manager() as manager:
         out = manager.dict()
         mp.spawn(_worker, args=(2, _free_port(), w, v, head.state_dict(), out), nprocs=2, join=True)
         got_loss, got_grad = out["loss"], out["grad"]
