@@ -129,6 +129,7 @@ def _evaluate_export(cfg, data, export):
     return evaluate(sparse, dense, ShardReader(data, "test"), cfg.finetune.eval_batch_size, cfg.finetune.eval_rows)
 
 
+@pytest.mark.slow   # default-suite budget; tests/reliability/test_worker_faults.py resumes to the same losses
 def test_resume_continues_the_loss_curve(ml100k_processed, pretrained, ray_local):
     """Stop after 2 steps (checkpoint through Ray Train), resume from the latest checkpoint: the
     remaining steps give the uninterrupted run's losses."""
@@ -193,6 +194,7 @@ def test_bad_runs_fail_before_any_worker_starts(ml100k_processed, initial, tmp_p
         run_stage(_cfg(tmp_path, **over), stage, ml100k_processed)
 
 
+@pytest.mark.slow   # default-suite budget; the non-default replicated mode (the GPU check runs it)
 def test_replicated_tables_match_sharded_ones(ml100k_processed, pretrained, ray_local):
     """dist.sharding=none (whole tables on every worker, plain Adagrad, gradients all-reduced; the
     GPU check's mode) follows the row-wise sharded run step for step.

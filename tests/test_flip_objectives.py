@@ -121,7 +121,8 @@ def test_each_encoder_runs_on_masked_and_unmasked_rows_once(data):
     assert calls == {"plm": [2 * len(batch)], "id": [2 * len(batch)]}
 
 
-@pytest.mark.parametrize("icl_norm", ["layernorm", "l2"])
+# l2 (cosine) is not the default: -m slow, to keep the default suite under 20 minutes.
+@pytest.mark.parametrize("icl_norm", ["layernorm", pytest.param("l2", marks=pytest.mark.slow)])
 def test_overfitting_one_real_batch_drives_every_loss_down(data, icl_norm):
     manifest, batch, counts = data
     # The whole MiniLM: cut to its first layers it gives every prompt the same [CLS] (test_icl_signal.py).
